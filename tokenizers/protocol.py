@@ -1,0 +1,179 @@
+"""The one tokenizer interface: ``encode(wav) -> Codes`` and ``decode(Codes) -> Waveform``.
+
+Audio axis order is ``[B, C, S]`` (batch, channel, sample); a ``[C, S]`` tensor is one item.
+Tokenizers subclass `BaseTokenizer`, which normalizes inputs (batching, channel mixing,
+resampling to the model rate, masking padding) so each model only sees ``[B, C, S]`` at its
+own rate with ``lengths``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Protocol, runtime_checkable
+
+import torch
+
+from .codes import Codes
+
+
+@dataclass(frozen=True, eq=False)
+class Waveform:
+    """Decoded (or loaded) audio.
+
+    Attributes:
+        audio: float32 ``[B, C, S]``, zero past ``lengths``.
+        lengths: int64 ``[B]``, valid samples per item.
+        sample_rate: Hz.
+    """
+
+    audio: torch.Tensor
+    lengths: torch.Tensor
+    sample_rate: int
+
+    def unbatch(self) -> list[torch.Tensor]:
+        """One ``[C, S_b]`` tensor per item, trimmed to its length."""
+        return [self.audio[b, :, : int(n)] for b, n in enumerate(self.lengths)]
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What every speechtok tokenizer offers (see `BaseTokenizer`)."""
+
+    sample_rate: int
+    frame_rate: float
+    codebook_sizes: tuple[int, ...]
+    model_id: str
+
+    def encode(self, wav: torch.Tensor, sample_rate: Optional[int] = None,
+               lengths: Optional[torch.Tensor] = None) -> Codes: ...
+
+
+def length_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
+    """Bool ``[B, size]``: True where ``index < lengths[b]``."""
+    return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def prepare_audio(wav: torch.Tensor, sample_rate: int, target_rate: int, channels: int,
+                  lengths: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalize input audio for a model.
+
+    Args:
+        wav: ``[B, C, S]`` or ``[C, S]`` float tensor at ``sample_rate``.
+        lengths: ``[B]`` valid samples (None: all of ``S``).
+        channels: the model's channel count; 1 mixes down, otherwise C must match or be 1.
+
+    Returns:
+        ``([B, channels, S'] float32 at target_rate with zeros past lengths, lengths' [B])``.
+    """
+    if not isinstance(wav, torch.Tensor):
+        raise TypeError(f"audio must be a torch.Tensor, got {type(wav).__name__}")
+    if wav.dim() == 2:
+        wav = wav[None]
+    if wav.dim() != 3:
+        raise ValueError(f"audio must be [B, C, S] or [C, S], got shape {tuple(wav.shape)}")
+    if not wav.is_floating_point():
+        raise TypeError(f"audio must be a float tensor, got {wav.dtype}")
+    wav = wav.float()
+    B, C, S = wav.shape
+    if lengths is None:
+        lengths = torch.full((B,), S, dtype=torch.long, device=wav.device)
+    lengths = torch.as_tensor(lengths, dtype=torch.long, device=wav.device)
+    if tuple(lengths.shape) != (B,) or (B and (int(lengths.max()) > S or int(lengths.min()) < 0)):
+        raise ValueError(f"lengths must be [B]={B} values in [0, {S}], got {lengths.tolist()}")
+    if C != channels:
+        if channels == 1:
+            wav = wav.mean(dim=1, keepdim=True)
+        elif C == 1:
+            wav = wav.expand(B, channels, S)
+        else:
+            raise ValueError(f"model takes {channels} channels, audio has {C}")
+    wav = wav * length_mask(lengths, S)[:, None, :]
+    if int(sample_rate) != int(target_rate):
+        import torchaudio.functional as AF
+
+        wav = AF.resample(wav, int(sample_rate), int(target_rate))
+        lengths = (lengths * int(target_rate) + int(sample_rate) - 1) // int(sample_rate)
+        lengths = lengths.clamp(max=wav.shape[-1])
+        wav = wav * length_mask(lengths, wav.shape[-1])[:, None, :]
+    return wav.contiguous(), lengths
+
+
+class BaseTokenizer(torch.nn.Module):
+    """Common plumbing for tokenizers.
+
+    Subclasses set ``sample_rate``, ``channels``, ``frame_rate``, ``codebook_sizes``, ``name``,
+    ``n_semantic`` and implement `_encode` (and `_decode` if they can synthesize audio).
+    ``model_id`` is ``"name@<first 12 hex of the weights' sha256>"``.
+    """
+
+    sample_rate: int
+    channels: int = 1
+    frame_rate: float
+    codebook_sizes: tuple[int, ...]
+    n_semantic: int = 0
+    name: str = "tokenizer"
+    weights_hash: str = "noweights"
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.name}@{self.weights_hash[:12]}"
+
+    @property
+    def num_codebooks(self) -> int:
+        return len(self.codebook_sizes)
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def bitrate(self, num_codebooks: Optional[int] = None) -> float:
+        """Nominal bits/s using the first ``num_codebooks`` codebooks (all by default)."""
+        import math
+
+        sizes = self.codebook_sizes[: num_codebooks or len(self.codebook_sizes)]
+        return self.frame_rate * sum(math.log2(s) for s in sizes)
+
+    # ----------------------------------------------------------------- public API
+    @torch.inference_mode()
+    def encode(self, wav: torch.Tensor, sample_rate: Optional[int] = None,
+               lengths: Optional[torch.Tensor] = None, num_codebooks: Optional[int] = None) -> Codes:
+        """Audio ``[B, C, S]`` (or ``[C, S]``) at ``sample_rate`` (default: the model's) -> `Codes`.
+
+        ``lengths`` ``[B]`` gives valid samples of a zero-padded batch; results equal per-item ones.
+        ``num_codebooks`` keeps the first k codebooks (lower bitrate).
+        """
+        sr = self.sample_rate if sample_rate is None else int(sample_rate)
+        wav, lengths = prepare_audio(wav.to(self.device), sr, self.sample_rate, self.channels, lengths)
+        codes = self._encode(wav, lengths)
+        if num_codebooks is not None:
+            codes = codes.take_codebooks(num_codebooks)
+        return codes
+
+    @torch.inference_mode()
+    def decode(self, codes: Codes) -> Waveform:
+        """`Codes` -> `Waveform` ``[B, C, S]`` at ``sample_rate`` with per-item lengths.
+
+        Fails loudly when the codes come from another model.
+        """
+        codes.check_model(self.model_id)
+        codes.validate()
+        return self._decode(codes.to(self.device))
+
+    def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> Codes:
+        raise NotImplementedError
+
+    def _decode(self, codes: Codes) -> Waveform:
+        raise NotImplementedError(f"{type(self).__name__} has no decoder")
+
+    @property
+    def can_decode(self) -> bool:
+        return type(self)._decode is not BaseTokenizer._decode
+
+    def make_codes(self, codes: torch.Tensor, lengths: torch.Tensor, **extra) -> Codes:
+        """Wrap model output ``[B, K, T]`` into `Codes` with this tokenizer's metadata."""
+        return Codes.from_tensor(
+            codes, lengths, frame_rate=float(self.frame_rate), codebook_sizes=tuple(self.codebook_sizes),
+            sample_rate=int(self.sample_rate), model_id=self.model_id, n_semantic=int(self.n_semantic), **extra)

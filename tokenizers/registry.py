@@ -1,0 +1,188 @@
+"""`speechtok.load`: the one entry point from a name or a directory to a tokenizer.
+
+A saved model is a directory holding ``config.json`` (self-describing, versioned) and, for models
+with weights, ``model.safetensors``. Built-in models are such directories shipped inside the
+package (``speechtok/models/<name>/``). Hugging Face Mimi directories (``config.json`` with
+``"model_type": "mimi"``) load through the codec's importer. No pickle anywhere.
+
+``config.json``::
+
+    {"format": "speechtok.model", "format_version": 1, "kind": "<loader kind>",
+     "name": "<model name>", "config": {...}, "speechtok_version": "x.y.z"}
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+MODEL_FORMAT = "speechtok.model"
+MODEL_FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+BUILTIN_DIR = Path(__file__).resolve().parent / "models"
+
+# kind -> "module:function(directory: Path, meta: dict, device) -> tokenizer"; imported lazily
+_LOADERS: dict[str, str] = {
+    "mulaw": "speechtok.mulaw:load_mulaw",
+    "codec": "speechtok.codec.tokenizer:load_codec_dir",
+    "hf-mimi": "speechtok.codec.mimi_import:load_hf_mimi_dir",
+    "units": "speechtok.units.tokenizer:load_units_dir",
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model name or directory cannot be loaded (names the path and the problem)."""
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model shipped inside the package."""
+
+    name: str
+    description: str
+
+    @property
+    def path(self) -> Path:
+        return BUILTIN_DIR / self.name
+
+
+# The built-in registry is data: name -> shipped directory. DEFAULT_MODEL is what load() and
+# the CLI use when no model is named.
+BUILTINS: dict[str, BuiltinModel] = {
+    "mulaw-16k": BuiltinModel("mulaw-16k", "8-bit mu-law at 16 kHz (128 kbit/s): a lossless-ish, weightless "
+                                           "reference tokenizer; one codebook of 256"),
+}
+DEFAULT_MODEL = "mulaw-16k"
+
+
+def register_loader(kind: str, target: str) -> None:
+    """Register ``"module:function"`` as the loader for model directories of ``kind``."""
+    _LOADERS[kind] = target
+
+
+def register_builtin(model: BuiltinModel, default: bool = False) -> None:
+    global DEFAULT_MODEL
+    BUILTINS[model.name] = model
+    if default:
+        DEFAULT_MODEL = model.name
+
+
+def models() -> list[BuiltinModel]:
+    """The built-in models, default first."""
+    return sorted(BUILTINS.values(), key=lambda m: (m.name != DEFAULT_MODEL, m.name))
+
+
+def file_sha256(path: Union[str, os.PathLike], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def config_sha256(config: dict) -> str:
+    """Hash of a JSON config (for weightless models, the config *is* the model)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def _resolve_loader(kind: str) -> Callable[..., Any]:
+    if kind not in _LOADERS:
+        raise ModelLoadError(f"unknown model kind {kind!r}; known kinds: {sorted(_LOADERS)}")
+    module, func = _LOADERS[kind].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def read_model_config(directory: Path) -> dict:
+    """Read and check ``config.json`` of a model directory; returns the parsed dict."""
+    cfg_path = directory / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise ModelLoadError(f"{directory}: not a model directory (no {CONFIG_FILE})")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{cfg_path}: unreadable model config ({e})") from e
+    if meta.get("model_type") == "mimi":  # a Hugging Face MimiModel directory
+        return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "kind": "hf-mimi",
+                "name": directory.name, "config": meta}
+    if meta.get("format") != MODEL_FORMAT:
+        raise ModelLoadError(f"{cfg_path}: not a speechtok model config (format={meta.get('format')!r})")
+    version = int(meta.get("format_version", -1))
+    if version > MODEL_FORMAT_VERSION:
+        raise ModelLoadError(f"{cfg_path}: model format version {version} is newer than this speechtok "
+                             f"reads (<= {MODEL_FORMAT_VERSION}); upgrade speechtok")
+    if version < 1:
+        raise ModelLoadError(f"{cfg_path}: invalid model format version {meta.get('format_version')!r}")
+    return meta
+
+
+def load(name_or_path: Optional[Union[str, os.PathLike]] = None, device: str = "cpu"):
+    """Load a tokenizer from a built-in name or a model directory.
+
+    Args:
+        name_or_path: a name from `models()` (default: `DEFAULT_MODEL`) or a directory with
+            ``config.json`` (+ ``model.safetensors``), including Hugging Face Mimi directories.
+        device: torch device for the model.
+    """
+    if name_or_path is None:
+        name_or_path = DEFAULT_MODEL
+    key = str(name_or_path)
+    if key in BUILTINS:
+        directory = BUILTINS[key].path
+    else:
+        directory = Path(os.path.expanduser(key))
+        if not directory.exists():
+            raise ModelLoadError(f"no built-in model or directory named {key!r}; "
+                                 f"built-ins: {sorted(BUILTINS)}")
+        if directory.is_file():
+            raise ModelLoadError(f"{directory}: expected a model directory (config.json + model.safetensors), "
+                                 "got a file")
+    meta = read_model_config(directory)
+    tok = _resolve_loader(meta["kind"])(directory, meta, device)
+    return tok
+
+
+def save_model_dir(directory: Union[str, os.PathLike], kind: str, name: str, config: dict,
+                   state_dict: Optional[dict] = None) -> Path:
+    """Write a model directory atomically (temp dir, then rename). Returns its path."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from . import __version__
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        meta = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "kind": kind, "name": name,
+                "config": config, "speechtok_version": __version__}
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if state_dict is not None:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+            save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": MODEL_FORMAT, "name": name})
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_weights(directory: Path, device: str = "cpu") -> tuple[dict, str]:
+    """Load ``model.safetensors`` of a model directory: (state_dict, sha256 of the file)."""
+    from safetensors.torch import load_file
+
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{directory}: missing weights file, expected {path}")
+    try:
+        return load_file(str(path), device=str(device)), file_sha256(path)
+    except Exception as e:  # safetensors raises its own error types
+        raise ModelLoadError(f"{path}: unreadable weights ({e})") from e
