@@ -210,6 +210,21 @@ class Codes:
                        durations=durs,
                        audio_lengths=torch.tensor(alens, dtype=torch.long, device=dev) if alens else None)
 
+    def expand(self) -> "Codes":
+        """Undo run-length ``durations``: repeat each token ``durations[b, t]`` times on the frame grid.
+
+        The result has ``durations=None`` and ``lengths = grid_frames()``; a no-op without durations.
+        """
+        if self.durations is None:
+            return self
+        n = self.grid_frames()
+        T = int(n.max()) if self.batch_size else 0
+        out = torch.full((self.batch_size, self.num_codebooks, T), -1, dtype=torch.long, device=self.codes.device)
+        for b in range(self.batch_size):
+            m = int(self.lengths[b])
+            out[b, :, : int(n[b])] = self.codes[b, :, :m].repeat_interleave(self.durations[b, :m], dim=1)
+        return replace(self, codes=out, lengths=n, durations=None)
+
     # ----------------------------------------------------------------- rates
     def token_rate(self) -> float:
         """Valid tokens per second over the whole batch, all codebooks counted."""

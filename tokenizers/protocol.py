@@ -112,6 +112,7 @@ class BaseTokenizer(torch.nn.Module):
     n_semantic: int = 0
     name: str = "tokenizer"
     weights_hash: str = "noweights"
+    accepts_durations: bool = False  # True: `_decode` uses Codes.durations itself (else they are expanded)
 
     @property
     def model_id(self) -> str:
@@ -160,6 +161,8 @@ class BaseTokenizer(torch.nn.Module):
         """
         codes.check_model(self.model_id)
         codes.validate()
+        if codes.durations is not None and not self.accepts_durations:
+            codes = codes.expand()
         return self._decode(codes.to(self.device))
 
     def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> Codes:

@@ -57,7 +57,9 @@ BUILTINS: dict[str, BuiltinModel] = {
     "mulaw-16k": BuiltinModel("mulaw-16k", "8-bit mu-law at 16 kHz (128 kbit/s): a lossless-ish, weightless "
                                            "reference tokenizer; one codebook of 256"),
 }
-DEFAULT_MODEL = "mulaw-16k"
+# No trained codec ships yet (see the codec training issue); until one does there is no default,
+# rather than a placeholder: load() without a name says so.
+DEFAULT_MODEL: Optional[str] = None
 
 
 def register_loader(kind: str, target: str) -> None:
@@ -129,6 +131,9 @@ def load(name_or_path: Optional[Union[str, os.PathLike]] = None, device: str = "
         device: torch device for the model.
     """
     if name_or_path is None:
+        if DEFAULT_MODEL is None:
+            raise ModelLoadError("no default model ships with this speechtok build yet; name one: "
+                                 f"built-ins: {sorted(BUILTINS)}, or a model directory")
         name_or_path = DEFAULT_MODEL
     key = str(name_or_path)
     if key in BUILTINS:

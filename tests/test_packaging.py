@@ -1,0 +1,55 @@
+"""The wheel holds every subpackage, maps the folders into `speechtok`, and installs no top-level
+`tokenizers` (Hugging Face's) or `cli`. Every module imports from the built wheel."""
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(out), str(ROOT)], capture_output=True, text=True, cwd=out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (whl,) = out.glob("speechtok-*.whl")
+    return whl
+
+
+def test_wheel_layout(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
+    assert tops == {"speechtok"}, tops
+    source_pkgs = {str(p.parent.relative_to(ROOT)) for p in ROOT.glob("*/**/__init__.py")
+                   if p.parts[len(ROOT.parts)] in ("tokenizers", "codec", "units", "cli", "benchmarks")}
+    roots = {"tokenizers": "speechtok", "codec": "speechtok/codec", "units": "speechtok/units",
+             "cli": "speechtok/cli", "benchmarks": "speechtok/benchmarks"}
+    for pkg in source_pkgs:
+        top, _, rest = pkg.partition("/")
+        dest = roots[top] + ("/" + rest if rest else "") + "/__init__.py"
+        assert dest in names, f"{pkg} is missing from the wheel ({dest})"
+    assert "speechtok/data/sample_ljspeech.flac" in names
+    assert "speechtok/models/mulaw-16k/config.json" in names
+    entry = [n for n in names if n.endswith("entry_points.txt")]
+    assert entry and "speechtok = speechtok.cli.main:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()
+
+
+def test_every_module_imports_from_the_wheel(wheel, tmp_path):
+    zipfile.ZipFile(wheel).extractall(tmp_path)
+    code = (
+        "import importlib, pkgutil, sys, speechtok\n"
+        f"assert speechtok.__file__.startswith({str(tmp_path)!r}), speechtok.__file__\n"
+        "import tokenizers; assert hasattr(tokenizers, 'Tokenizer'), 'HF tokenizers is shadowed'\n"
+        "bad = []\n"
+        "for m in pkgutil.walk_packages(speechtok.__path__, 'speechtok.'):\n"
+        "    try: importlib.import_module(m.name)\n"
+        "    except Exception as e: bad.append(f'{m.name}: {e!r}')\n"
+        "assert not bad, bad\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr[-3000:]
