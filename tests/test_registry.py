@@ -16,15 +16,17 @@ def test_builtin_conforms_to_protocol(name, make_tone):
     tok = load(name)
     assert isinstance(tok, speechtok.Tokenizer)
     assert tok.model_id.startswith(name + "@") and len(tok.codebook_sizes) >= 1
-    a, b = tone(0.3, 16000, 200), tone(0.17, 16000, 330)
-    one = [tok.encode(x, sample_rate=16000) for x in (a, b)]
+    a, b = tone(0.3, 22050, 200), tone(0.17, 22050, 330)  # another rate than the model's: resampled
+    one = [tok.encode(x, sample_rate=22050) for x in (a, b)]
     batch = torch.zeros(2, 1, a.shape[-1])
     batch[0, :, :a.shape[-1]], batch[1, :, :b.shape[-1]] = a, b
-    both = tok.encode(batch, sample_rate=16000, lengths=torch.tensor([a.shape[-1], b.shape[-1]]))
+    both = tok.encode(batch, sample_rate=22050, lengths=torch.tensor([a.shape[-1], b.shape[-1]]))
     both.validate()
     for i, c in enumerate(both.unbatch()):  # batched with padding == per item, exactly
         assert torch.equal(c.codes, one[i].codes) and torch.equal(c.lengths, one[i].lengths)
     assert both.frame_rate == tok.frame_rate and both.model_id == tok.model_id
+    for n in (0, 1):  # empty and one-sample inputs give valid (possibly empty) codes
+        tok.encode(torch.zeros(1, n), sample_rate=tok.sample_rate).validate()
     if tok.can_decode:
         wav = tok.decode(both)
         assert wav.sample_rate == tok.sample_rate and wav.audio.shape[0] == 2

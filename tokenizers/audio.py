@@ -33,6 +33,8 @@ def resample(wav: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
     """Resample ``[..., S]`` audio (band-limited sinc, torchaudio's default)."""
     if int(orig_rate) == int(new_rate):
         return wav
+    if wav.shape[-1] == 0:
+        return wav.new_zeros(*wav.shape[:-1], 0)
     import torchaudio.functional as AF
 
     return AF.resample(wav, int(orig_rate), int(new_rate))

@@ -88,12 +88,21 @@ def prepare_audio(wav: torch.Tensor, sample_rate: int, target_rate: int, channel
             raise ValueError(f"model takes {channels} channels, audio has {C}")
     wav = wav * length_mask(lengths, S)[:, None, :]
     if int(sample_rate) != int(target_rate):
-        import torchaudio.functional as AF
+        # per item, so a padded batch resamples exactly as each item alone would
+        from .audio import resample
 
-        wav = AF.resample(wav, int(sample_rate), int(target_rate))
-        lengths = (lengths * int(target_rate) + int(sample_rate) - 1) // int(sample_rate)
-        lengths = lengths.clamp(max=wav.shape[-1])
-        wav = wav * length_mask(lengths, wav.shape[-1])[:, None, :]
+        new_lengths = (lengths * int(target_rate) + int(sample_rate) - 1) // int(sample_rate)
+        out = wav.new_zeros(B, wav.shape[1], int(new_lengths.max()) if B else 0)
+        for b in range(B):
+            n = int(lengths[b])
+            if n:
+                y = resample(wav[b, :, :n], int(sample_rate), int(target_rate))
+                m = min(y.shape[-1], int(new_lengths[b]))
+                out[b, :, :m] = y[:, :m]
+                new_lengths[b] = m
+            else:
+                new_lengths[b] = 0
+        wav, lengths = out, new_lengths
     return wav.contiguous(), lengths
 
 
