@@ -74,6 +74,14 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
     assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
 
 
+def test_atomic_output_has_usual_permissions(tmp_path):
+    with atomic_path(tmp_path / "x.bin") as tmp:
+        tmp.write_bytes(b"x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "x.bin").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
 def test_killed_writer_leaves_no_partial_output(tmp_path):
     """A process killed (SIGKILL) in the middle of a write leaves no file at the target path."""
     target = tmp_path / "big.wav"
