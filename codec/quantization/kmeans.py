@@ -1,0 +1,86 @@
+"""Nearest-code search and a small batched k-means in torch (CPU or GPU, no extra dependency)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+# Rows of the [N, K] distance matrix computed at once: bounds memory at ~64 MiB of float32.
+_MAX_ELEMENTS = 1 << 24
+
+
+def nearest(x: torch.Tensor, codebook: torch.Tensor, cosine: bool = False) -> torch.Tensor:
+    """Index of the nearest code for every row.
+
+    Args:
+        x: ``[N, D]`` vectors.
+        codebook: ``[K, D]`` codes.
+        cosine: rank by dot product (largest first) instead of Euclidean distance; with
+            l2-normalised inputs and codes this is the nearest code by cosine.
+
+    Returns:
+        int64 ``[N]``; ties go to the lowest index. Each row is computed independently of the
+        others, so the result does not depend on batch composition.
+    """
+    if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
+        raise ValueError(f"nearest expects x [N, D] and codebook [K, D], got {tuple(x.shape)} and {tuple(codebook.shape)}")
+    x = x.to(codebook.dtype)
+    # ||x||^2 is the same for every code, so it does not change the argmin.
+    half_sq = None if cosine else 0.5 * codebook.pow(2).sum(dim=1)
+    step = max(1, _MAX_ELEMENTS // max(1, codebook.shape[0]))
+    out = []
+    for start in range(0, x.shape[0], step):
+        scores = x[start:start + step] @ codebook.t()
+        if cosine:
+            out.append(scores.argmax(dim=1))
+        else:
+            out.append((half_sq - scores).argmin(dim=1))
+    if not out:
+        return torch.zeros(0, dtype=torch.long, device=x.device)
+    return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class KMeansResult:
+    """Centroids ``[K, D]`` and the number of vectors ``[K]`` (float) nearest to each."""
+
+    centroids: torch.Tensor
+    counts: torch.Tensor
+
+
+def kmeans(
+    x: torch.Tensor,
+    k: int,
+    iters: int = 10,
+    spherical: bool = False,
+    generator: Optional[torch.Generator] = None,
+) -> KMeansResult:
+    """Lloyd's k-means on ``x`` ``[N, D]`` (``iters=0`` returns the starting centroids).
+
+    Centroids start from ``k`` random rows (sampled with replacement when ``N < k``); a cluster
+    that empties keeps its previous centroid. With ``spherical=True`` vectors and centroids are
+    l2-normalised and assignment is by cosine (for the factorized codebook).
+    """
+    if x.dim() != 2 or x.shape[0] == 0:
+        raise ValueError(f"kmeans needs a non-empty [N, D] tensor, got shape {tuple(x.shape)}")
+    x = x.detach().float()
+    if spherical:
+        x = F.normalize(x, dim=1)
+    n = x.shape[0]
+    if n >= k:
+        idx = torch.randperm(n, generator=generator, device="cpu")[:k]
+    else:
+        idx = torch.randint(0, n, (k,), generator=generator, device="cpu")
+    centroids = x[idx.to(x.device)].clone()
+    ones = torch.ones(n, dtype=x.dtype, device=x.device)
+    for _ in range(iters):
+        assign = nearest(x, centroids, cosine=spherical)
+        counts = torch.zeros(k, device=x.device).index_add_(0, assign, ones)
+        new = torch.zeros_like(centroids).index_add_(0, assign, x) / counts.clamp(min=1.0)[:, None]
+        if spherical:
+            new = F.normalize(new, dim=1)
+        centroids = torch.where(counts[:, None] > 0, new, centroids)
+    counts = torch.zeros(k, device=x.device).index_add_(0, nearest(x, centroids, cosine=spherical), ones)
+    return KMeansResult(centroids=centroids, counts=counts)
