@@ -36,3 +36,13 @@ def test_channels_and_shapes():
         prepare_audio(torch.ones(2, 1, 10), 16000, 16000, 1, torch.tensor([11, 3]))
     with pytest.raises(TypeError, match="float"):
         prepare_audio(torch.ones(1, 10, dtype=torch.long), 16000, 16000, 1)
+
+
+def test_cached_resampler_equals_torchaudio_functional():
+    import torchaudio.functional as AF
+
+    from speechtok.audio import resample
+
+    x = torch.randn(2, 3001, generator=torch.Generator().manual_seed(3))
+    for a, b in ((22050, 16000), (8000, 24000), (44100, 16000)):
+        assert torch.equal(resample(x, a, b), AF.resample(x, a, b))

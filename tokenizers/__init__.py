@@ -33,6 +33,13 @@ _LAZY = {
     "TokenLayout": "lm:TokenLayout",
     "encode_files": "files:encode_files",
     "decode_files": "files:decode_files",
+    "preprocess": "preprocessing:preprocess",
+    "PreprocessConfig": "preprocessing:PreprocessConfig",
+    "PreprocessResult": "preprocessing:PreprocessResult",
+    "ShardDataset": "shards:ShardDataset",
+    "ShardSet": "shards:ShardSet",
+    "read_inputs": "inputs:read_inputs",
+    "AudioItem": "inputs:AudioItem",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -7,6 +7,7 @@ audio is resampled to the rate asked for.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Optional, Union
@@ -29,12 +30,23 @@ class AudioError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+@functools.lru_cache(maxsize=16)
+def _resampler(orig_rate: int, new_rate: int) -> torch.nn.Module:
+    """A cached ``torchaudio.transforms.Resample`` (building its sinc kernel costs more than using it
+    on a short file); its output equals ``torchaudio.functional.resample`` exactly."""
+    import torchaudio.transforms as T
+
+    return T.Resample(orig_rate, new_rate, dtype=torch.float32)
+
+
 def resample(wav: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
     """Resample ``[..., S]`` audio (band-limited sinc, torchaudio's default)."""
     if int(orig_rate) == int(new_rate):
         return wav
     if wav.shape[-1] == 0:
         return wav.new_zeros(*wav.shape[:-1], 0)
+    if wav.dtype == torch.float32 and wav.device.type == "cpu":
+        return _resampler(int(orig_rate), int(new_rate))(wav)
     import torchaudio.functional as AF
 
     return AF.resample(wav, int(orig_rate), int(new_rate))
