@@ -1,5 +1,6 @@
 """speechtok.load and the protocol every built-in model must pass."""
 import json
+import os
 
 import pytest
 import torch
@@ -72,6 +73,10 @@ def test_no_default_until_one_ships(monkeypatch):
 def test_saved_directory_round_trip_and_version_refusal(tmp_path):
     d = save_model_dir(tmp_path / "m", kind="mulaw", name="my-mulaw", config={"sample_rate": 8000, "bits": 6})
     tok = load(d)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert d.stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (d / "config.json").stat().st_mode & 0o777 == 0o666 & ~mask
     assert tok.sample_rate == 8000 and tok.codebook_sizes == (64,) and tok.model_id.startswith("my-mulaw@")
     meta = json.loads((d / "config.json").read_text())
     meta["format_version"] = 7

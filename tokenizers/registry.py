@@ -54,8 +54,8 @@ class BuiltinModel:
 # The built-in registry is data: name -> shipped directory. DEFAULT_MODEL is what load() and
 # the CLI use when no model is named.
 BUILTINS: dict[str, BuiltinModel] = {
-    "mulaw-16k": BuiltinModel("mulaw-16k", "8-bit mu-law at 16 kHz (128 kbit/s): a lossless-ish, weightless "
-                                           "reference tokenizer; one codebook of 256"),
+    "mulaw-16k": BuiltinModel("mulaw-16k", "8-bit mu-law at 16 kHz (128 kbit/s): a weightless "
+                                           "reference tokenizer, one codebook of 256 (no neural codec)"),
 }
 # No trained codec ships yet (see the codec training issue); until one does there is no default,
 # rather than a placeholder: load() without a name says so.
@@ -164,13 +164,21 @@ def save_model_dir(directory: Union[str, os.PathLike], kind: str, name: str, con
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; a model directory gets the usual permissions
     try:
         meta = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "kind": kind, "name": name,
                 "config": config, "speechtok_version": __version__}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if state_dict is not None:
             tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-            save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": MODEL_FORMAT, "name": name})
+            # one metadata key: safetensors stores metadata as a hash map, so several keys would make
+            # the bytes (and file_sha256) differ from save to save
+            save_file(tensors, str(tmp / WEIGHTS_FILE),
+                      metadata={"speechtok": json.dumps({"format": MODEL_FORMAT, "name": name}, sort_keys=True)})
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~mask)
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
