@@ -1,0 +1,250 @@
+"""Codec speed on CPU: speechtok's codec vs ``transformers.MimiModel`` with the same weights.
+
+Measures, on the same real speech (LJSpeech from ``shared/``, else the shipped sample tiled):
+
+1. encode + decode real-time factor (RTF = compute seconds / audio seconds) of speechtok and of
+   ``transformers.MimiModel`` (Mimi's published default config, random weights with random
+   codebooks; both load the same ``save_pretrained`` directory), and that codes are identical;
+2. streaming step latency for one 80 ms frame (encode + decode) on one thread;
+3. peak RSS of a subprocess encoding a 1-hour file (real speech tiled) block by block.
+
+    python -m speechtok.benchmarks.codec_speed [--seconds 20] [--threads 2] [--hour-minutes 60]
+
+Writes ``benchmarks/results/codec_speed.md`` (the command at the top).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "real" / "ljspeech32"
+SAMPLE = ROOT / "tokenizers" / "data" / "sample_ljspeech.flac"
+RESULTS = Path(__file__).resolve().parent / "results" / "codec_speed.md"
+
+
+def real_speech(seconds: float, sample_rate: int) -> torch.Tensor:
+    """``[1, S]`` real speech at ``sample_rate``: LJSpeech utterances concatenated (tiled if short)."""
+    from speechtok.audio import load_audio
+
+    files = sorted(SHARED.glob("*.flac")) if SHARED.is_dir() else [SAMPLE]
+    need = int(seconds * sample_rate)
+    parts, total = [], 0
+    while total < need:
+        for f in files:
+            wav, _ = load_audio(f, sample_rate=sample_rate)
+            parts.append(wav)
+            total += wav.shape[-1]
+            if total >= need:
+                break
+    return torch.cat(parts, dim=-1)[:, :need]
+
+
+def make_hf_mimi(directory: Path, seed: int = 0):
+    """A ``MimiModel`` with the default (published) config, random weights and random codebooks."""
+    from transformers import MimiConfig, MimiModel
+
+    torch.manual_seed(seed)
+    hf = MimiModel(MimiConfig()).eval()
+    with torch.no_grad():
+        for mod in hf.modules():
+            if hasattr(mod, "embed_sum"):
+                mod.embed_sum.normal_()
+                mod.cluster_usage.uniform_(0.5, 2.0)
+                mod._embed = None
+    hf.save_pretrained(directory)
+    return hf
+
+
+def best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def rtf_section(hf, tok, seconds: float, repeats: int) -> dict:
+    hop = tok.hop_length
+    x = real_speech(seconds, tok.sample_rate)
+    x = x[:, : x.shape[-1] // hop * hop][None]  # whole frames: HF and speechtok pad partial frames differently
+    secs = x.shape[-1] / tok.sample_rate
+
+    def run_hf():
+        with torch.inference_mode():
+            c = hf.encode(x).audio_codes
+            return c, hf.decode(c).audio_values
+
+    def run_ours():
+        codes = tok.encode(x, sample_rate=tok.sample_rate)
+        return codes, tok.decode(codes).audio
+
+    (hf_codes, hf_audio), (codes, audio) = run_hf(), run_ours()  # warm-up + equality
+    out = {
+        "audio_seconds": secs,
+        "codes_identical": bool(torch.equal(codes.codes, hf_codes)),
+        "audio_max_abs_diff": float((audio - hf_audio).abs().max()),
+        "audio_peak": float(hf_audio.abs().max()),
+        "hf_s": best_time(run_hf, repeats),
+        "ours_s": best_time(run_ours, repeats),
+    }
+    out["hf_rtf"], out["ours_rtf"] = out["hf_s"] / secs, out["ours_s"] / secs
+    out["speedup"] = out["hf_s"] / out["ours_s"]
+    return out
+
+
+def step_latency(tok, steps: int = 60, warmup: int = 10) -> dict:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = real_speech((steps + warmup) / tok.frame_rate + 1, tok.sample_rate)[None]
+        hop = tok.hop_length
+        enc, dec = [], []
+        with tok.stream(1) as s:
+            for i in range(steps + warmup):
+                chunk = x[..., i * hop:(i + 1) * hop]
+                t0 = time.perf_counter()
+                codes = s.encode(chunk)
+                t1 = time.perf_counter()
+                s.decode(codes)
+                t2 = time.perf_counter()
+                if i >= warmup:
+                    enc.append(t1 - t0)
+                    dec.append(t2 - t1)
+        tot = [a + b for a, b in zip(enc, dec)]
+        q = lambda v, p: sorted(v)[min(len(v) - 1, int(p * len(v)))] * 1000  # noqa: E731
+        return {"encode_ms_median": statistics.median(enc) * 1000, "decode_ms_median": statistics.median(dec) * 1000,
+                "step_ms_median": statistics.median(tot) * 1000, "step_ms_p95": q(tot, 0.95),
+                "frame_ms": 1000 / tok.frame_rate}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (MiB): ``VmHWM`` of /proc/self/status. (``ru_maxrss``
+    is not used: Linux carries the parent's high-water mark over fork + exec into it.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_worker(model_dir: str, wav_path: str, block_seconds: float, threads: int) -> None:
+    """Subprocess: encode a long file block by block through a stream; print JSON with peak RSS."""
+    import soundfile as sf
+
+    import speechtok
+
+    torch.set_num_threads(threads)
+    tok = speechtok.load(model_dir)
+    _ = tok.model_id
+    rss_loaded = peak_rss_mib()
+    info = sf.info(wav_path)
+    if info.samplerate != tok.sample_rate:
+        raise SystemExit(f"{wav_path}: rate {info.samplerate} != model rate {tok.sample_rate}")
+    t = time.perf_counter()
+    frames = []
+    block = int(block_seconds * tok.sample_rate) // tok.hop_length * tok.hop_length
+    with tok.stream(1) as s:
+        for data in sf.blocks(wav_path, blocksize=block, dtype="float32", always_2d=True):
+            frames.append(s.encode(torch.from_numpy(data.T.copy())[None]))
+        frames.append(s.flush())
+    codes = torch.cat(frames, dim=-1)
+    elapsed = time.perf_counter() - t
+    print(json.dumps({"audio_seconds": info.frames / info.samplerate, "frames": codes.shape[-1],
+                      "encode_s": elapsed, "rss_after_load_mib": rss_loaded,
+                      "peak_rss_mib": peak_rss_mib()}))
+
+
+def rss_section(model_dir: Path, minutes: float, threads: int, workdir: Path) -> dict:
+    import soundfile as sf
+
+    sr = 24000
+    seg = real_speech(60.0, sr)[0].numpy()
+    wav_path = workdir / "long.wav"
+    with sf.SoundFile(str(wav_path), "w", samplerate=sr, channels=1, subtype="PCM_16") as f:
+        for _ in range(int(round(minutes))):
+            f.write(seg)
+    cmd = [sys.executable, "-m", "speechtok.benchmarks.codec_speed", "--rss-worker", str(model_dir), str(wav_path),
+           "--threads", str(threads)]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    if res.returncode:
+        raise RuntimeError(f"RSS worker failed: {res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=20.0, help="speech for the RTF measurement")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--hour-minutes", type=float, default=60.0, help="length of the long file (0: skip)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--rss-worker", nargs=2, metavar=("MODEL_DIR", "WAV"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.rss_worker:
+        return rss_worker(args.rss_worker[0], args.rss_worker[1], 60.0, args.threads)
+
+    import speechtok
+
+    torch.set_num_threads(args.threads)
+    command = "python -m speechtok.benchmarks.codec_speed " + " ".join(sys.argv[1:] if argv is None else argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        hf = make_hf_mimi(tmp / "mimi")
+        tok = speechtok.load(tmp / "mimi")
+        rtf = rtf_section(hf, tok, args.seconds, args.repeats)
+        print("rtf", rtf, flush=True)
+        lat = step_latency(tok)
+        print("step", lat, flush=True)
+        del hf
+        rss = rss_section(tmp / "mimi", args.hour_minutes, args.threads, tmp) if args.hour_minutes > 0 else None
+        print("rss", rss, flush=True)
+    load = os.getloadavg()
+    lines = [
+        "# Codec speed (CPU)", "", f"Command: `{command}`", "",
+        f"Machine: {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads; "
+        f"load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min; shared machine).",
+        "Model: Mimi's published default config (24 kHz, 12.5 Hz, 32 codebooks of 2048) with random weights "
+        "and random codebooks, saved by `transformers.MimiModel.save_pretrained` and loaded by both.",
+        "", "## Encode + decode, real speech", "",
+        "| | seconds | RTF |", "|---|---|---|",
+        f"| transformers MimiModel | {rtf['hf_s']:.3f} | {rtf['hf_rtf']:.4f} |",
+        f"| speechtok | {rtf['ours_s']:.3f} | {rtf['ours_rtf']:.4f} |", "",
+        f"Audio: {rtf['audio_seconds']:.2f} s. Speed-up: **{rtf['speedup']:.2f}x** (target >= 1.3x). "
+        f"Codes identical: **{rtf['codes_identical']}**; decoded audio max |diff| {rtf['audio_max_abs_diff']:.2e} "
+        f"(peak {rtf['audio_peak']:.2f}). Best of {args.repeats}.",
+        "", "## Streaming step, one thread", "",
+        f"One frame = {lat['frame_ms']:.0f} ms of audio. Encode {lat['encode_ms_median']:.2f} ms + decode "
+        f"{lat['decode_ms_median']:.2f} ms; step median **{lat['step_ms_median']:.2f} ms**, p95 "
+        f"{lat['step_ms_p95']:.2f} ms (target < 20 ms).",
+    ]
+    if rss:
+        lines += ["", "## 1-hour file, peak RSS", "",
+                  f"{rss['audio_seconds'] / 3600:.2f} h of real speech (tiled) read in 60 s blocks and streamed (the session runs 16-frame windows): "
+                  f"{rss['frames']} frames in {rss['encode_s']:.0f} s; peak RSS (VmHWM) after loading the model "
+                  f"{rss['rss_after_load_mib']:.0f} MiB, peak **{rss['peak_rss_mib']:.1f} MiB** (target < 1024 MiB)."]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    from speechtok.atomic import atomic_write_text
+
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""Training configuration: frozen dataclasses, loadable from a JSON or YAML file.
+
+A config file is a nested mapping whose keys are the dataclass fields below; unknown keys are
+errors that name the key and the file (a typo must not silently train the wrong model)::
+
+    {"model": {"preset": "speechtok-16k"},
+     "data": {"train": ["../shared/data/real/manifest.jsonl"], "crop_seconds": 1.0, "batch_size": 8},
+     "distill": {"teacher": {"kind": "whisper", "path": "/models/whisper-base-ct2"}},
+     "steps": 10000}
+
+Relative paths in ``data.train``/``data.valid``/teacher paths are resolved against the config
+file's folder by `load_train_config`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+CONFIG_FORMAT = "speechtok.train"
+CONFIG_FORMAT_VERSION = 1
+
+
+class TrainConfigError(ValueError):
+    """A training config is malformed (names the file/key and the problem)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where audio comes from and how it is cut.
+
+    Attributes:
+        train: manifests (``*.jsonl``, the shared/ schema) or directories of audio files.
+        valid: the same for the fixed validation batch (logged audio, validation losses).
+        crop_seconds: length of each random training crop (s).
+        batch_size: crops per step *per process* (DDP multiplies it by the world size).
+        num_workers: DataLoader workers (0: load in the training process).
+        min_seconds: skip utterances shorter than this (s).
+        exclude_speakers: manifest ``speaker`` values kept out of training (a dev split).
+        exclude_sources: manifest ``source`` values left out (e.g. a corpus or a licence).
+        valid_items: utterances in the validation batch.
+    """
+
+    train: tuple[str, ...] = ()
+    valid: tuple[str, ...] = ()
+    crop_seconds: float = 1.0
+    batch_size: int = 8
+    num_workers: int = 0
+    min_seconds: float = 0.0
+    exclude_speakers: tuple[str, ...] = ()
+    exclude_sources: tuple[str, ...] = ()
+    valid_items: int = 4
+
+    def __post_init__(self):
+        if not self.crop_seconds > 0 or self.batch_size < 1 or self.num_workers < 0:
+            raise TrainConfigError(f"data: need crop_seconds > 0, batch_size >= 1, num_workers >= 0; got {self}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Generator loss weights and spectral loss shapes (defaults follow DAC)."""
+
+    mel_weight: float = 15.0
+    stft_weight: float = 0.0
+    adv_weight: float = 1.0
+    feature_weight: float = 2.0
+    penalty_weight: float = 1.0
+    mel_windows: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048)
+    mel_bins: tuple[int, ...] = (5, 10, 20, 40, 80, 160, 320)
+    stft_windows: tuple[int, ...] = (2048, 512)
+    adversarial: str = "lsgan"  # or "hinge"
+    adv_start_step: int = 0  # train without the GAN losses before this step
+
+    def __post_init__(self):
+        if len(self.mel_windows) != len(self.mel_bins):
+            raise TrainConfigError(f"loss: mel_windows {self.mel_windows} and mel_bins {self.mel_bins} differ in length")
+        if self.adversarial not in ("lsgan", "hinge"):
+            raise TrainConfigError(f"loss.adversarial must be 'lsgan' or 'hinge', got {self.adversarial!r}")
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    """Multi-period (HiFi-GAN) + multi-scale STFT (EnCodec) discriminators."""
+
+    periods: tuple[int, ...] = (2, 3, 5, 7, 11)
+    period_channels: int = 32
+    stft_windows: tuple[int, ...] = (2048, 1024, 512)
+    stft_channels: int = 32
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW for generator and discriminators; warmup then exponential decay per step."""
+
+    lr: float = 3e-4
+    disc_lr: float = 3e-4
+    betas: tuple[float, float] = (0.8, 0.99)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_gamma: float = 1.0  # lr *= gamma each step after warmup (DAC: 0.999996)
+    grad_clip: float = 1000.0
+    disc_grad_clip: float = 10.0
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """A frozen semantic teacher.
+
+    kind:
+        ``"whisper"`` (ctranslate2 directory), ``"hf"`` (Hugging Face HuBERT/WavLM directory via
+        torchaudio), ``"fairseq"`` (a fairseq ``.pt``; needs ``trust_pickle``), ``"cached"``
+        (features precomputed by `speechtok.codec.teachers.cached.precompute_features`),
+        ``"random"`` (a fixed random projection of log-mel frames: for tests and dry runs).
+    """
+
+    kind: str = "random"
+    path: Optional[str] = None
+    layer: Optional[int] = None  # SSL: transformer layer (1-based); None = last
+    trust_pickle: bool = False
+    dim: int = 64  # "random" only
+    frame_rate: float = 50.0  # "random" only
+    device: str = "cpu"  # whisper: where ctranslate2 runs
+    threads: int = 2  # whisper: ctranslate2 intra_threads
+    pad_to_window: bool = True  # whisper: pad inputs to the 30 s window (as Whisper was trained)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Semantic distillation into the model's semantic latent (split-RVQ semantic codebook or RVQ
+    level 1, whichever the model's topology exposes).
+
+    loss: ``"frame_cosine"`` (Mimi: 1 - cos per frame) or ``"dim_cosine"`` (SpeechTokenizer's
+    D-axis loss: -log sigmoid(cos over time per feature dimension)).
+    """
+
+    teacher: Optional[TeacherConfig] = None
+    weight: float = 1.0
+    loss: str = "frame_cosine"
+
+    def __post_init__(self):
+        if self.loss not in ("frame_cosine", "dim_cosine"):
+            raise TrainConfigError(f"distill.loss must be 'frame_cosine' or 'dim_cosine', got {self.loss!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a codec training run needs.
+
+    Attributes:
+        model: the codec config as a mapping (``{"preset": name, ...overrides}`` or the full
+            `speechtok.codec.config` fields), handed to the codec's builder.
+        steps: total optimizer steps.
+        seed: seeds parameters, crops and data order (exact resume depends on it).
+        quantize_prob: probability that a training item is quantized (Mimi trains with 0.5: the
+            rest pass the continuous latent to the decoder); 1.0 always quantizes.
+        quantizer_dropout: probability that an item uses a random number of codebooks.
+        quantizer_options: more training-only `QuantizerConfig` fields (``decay``,
+            ``dead_code``, ``kmeans_init``, ``commitment_weight``, ...).
+        amp: ``"auto"`` (bf16 on CUDA, off on CPU), ``"bf16"``, ``"fp16"`` or ``"off"``.
+        compile: ``torch.compile`` the generator and discriminators (CUDA only).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
+        threads: CPU threads for torch (0: leave torch's default).
+    """
+
+    model: dict = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    disc: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    steps: int = 1000
+    seed: int = 0
+    quantize_prob: float = 1.0
+    quantizer_dropout: float = 0.0
+    quantizer_options: dict = field(default_factory=dict)
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    sample_every: int = 0  # log validation audio every N steps (0: never)
+    valid_every: int = 0
+    amp: str = "auto"
+    compile: bool = False
+    device: str = "auto"
+    threads: int = 0
+    tensorboard: bool = True
+
+    def __post_init__(self):
+        if not 0.0 <= self.quantize_prob <= 1.0 or not 0.0 <= self.quantizer_dropout <= 1.0:
+            raise TrainConfigError(f"quantize_prob and quantizer_dropout must lie in [0, 1], got "
+                                   f"{self.quantize_prob}, {self.quantizer_dropout}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise TrainConfigError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
+        if self.steps < 0 or self.checkpoint_every < 0 or self.keep_checkpoints < 1:
+            raise TrainConfigError("steps and checkpoint_every must be >= 0 and keep_checkpoints >= 1")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["format"] = CONFIG_FORMAT
+        d["format_version"] = CONFIG_FORMAT_VERSION
+        return d
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# ---------------------------------------------------------------------------- parsing
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin is Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise TrainConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise TrainConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TrainConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TrainConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise TrainConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise TrainConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise TrainConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def from_dict(cls, data: Any, where: str = "config"):
+    """Build dataclass ``cls`` from a nested mapping; unknown keys raise `TrainConfigError`."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise TrainConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    # "format"/"format_version" are file metadata; keys starting with "_" are comments
+    data = {k: v for k, v in data.items() if k not in ("format", "format_version") and not k.startswith("_")}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise TrainConfigError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; valid: {sorted(names)}")
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TrainConfigError as e:
+        raise TrainConfigError(f"{where}: {e}") from e
+
+
+def _resolve(base: Path, p: str) -> str:
+    p = os.path.expanduser(p)
+    return p if os.path.isabs(p) else str((base / p).resolve())
+
+
+def load_train_config(path: Union[str, os.PathLike], overrides: Optional[dict] = None) -> TrainConfig:
+    """Read a `TrainConfig` from ``.json`` or ``.yaml``/``.yml``; relative data/teacher paths are
+    resolved against the file's folder. ``overrides`` (nested mapping) is merged on top."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise TrainConfigError(f"{path}: cannot read training config ({e})") from e
+    is_yaml = path.suffix in (".yaml", ".yml")
+    if is_yaml:
+        try:
+            import yaml
+        except ImportError as e:
+            raise TrainConfigError(f"{path}: YAML configs need pyyaml: pip install 'speechtok[train]'") from e
+    try:
+        raw = yaml.safe_load(text) if is_yaml else json.loads(text)
+    except Exception as e:  # noqa: BLE001 - parser errors differ per format
+        raise TrainConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'json'} ({e})") from e
+    if not isinstance(raw, dict):
+        raise TrainConfigError(f"{path}: top level must be a mapping")
+    version = raw.get("format_version", CONFIG_FORMAT_VERSION)
+    if not isinstance(version, int) or version > CONFIG_FORMAT_VERSION:
+        raise TrainConfigError(f"{path}: training config format_version {version!r} is not supported "
+                               f"(this speechtok reads <= {CONFIG_FORMAT_VERSION})")
+    _resolve_paths(raw, path.resolve().parent)
+    if overrides:  # paths given on the command line are relative to the working directory
+        overrides = json.loads(json.dumps(overrides))
+        _resolve_paths(overrides, Path.cwd())
+        raw = merge(raw, overrides)
+    try:
+        return from_dict(TrainConfig, raw, where=str(path))
+    except TypeError as e:
+        raise TrainConfigError(f"{path}: {e}") from e
+
+
+def _resolve_paths(raw: dict, base: Path) -> None:
+    """Make ``data.train``/``data.valid`` and the teacher path absolute (relative to ``base``), in place."""
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("train", "valid"):
+            if isinstance(data.get(key), list):
+                data[key] = [_resolve(base, p) if isinstance(p, str) else p for p in data[key]]
+    distill = raw.get("distill")
+    teacher = distill.get("teacher") if isinstance(distill, dict) else None
+    if isinstance(teacher, dict) and isinstance(teacher.get("path"), str):
+        teacher["path"] = _resolve(base, teacher["path"])
+
+
+def merge(base: dict, over: dict) -> dict:
+    """Recursive dict merge (``over`` wins); returns a new dict."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

@@ -1,0 +1,144 @@
+"""High-level unit pipeline: make an extractor, dump features to a store, train a unit tokenizer.
+
+    ext = make_extractor("hubert", checkpoint="hubert_dir", layer=6)
+    store = extract_to_store("data/manifest.jsonl", ext, "feats/")       # sharded, on disk
+    tok = train_unit_tokenizer(store, ext, n_clusters=500)                # faiss, sampled rows
+    tok.save("my-units"); speechtok.load("my-units").encode(wav, sample_rate=sr)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .features.base import FeatureError
+from .featstore import FeatureStore, FeatureWriter
+from .kmeans import KMeansConfig, KMeansModel, train_kmeans
+from .segment import SegmenterConfig, pool_segments, segment
+
+EXTRACTORS = ("mfcc", "logmel", "hubert", "wavlm", "whisper")
+
+
+def make_extractor(kind: str, checkpoint: Optional[str] = None, layer: Optional[int] = None,
+                   trust_pickle: bool = False, device: str = "cpu", **options):
+    """Build a feature extractor by name.
+
+    ``kind``: "mfcc"/"logmel" (no weights), "hubert"/"wavlm" (``checkpoint``: a Hugging Face
+    directory or a fairseq ``.pt`` with ``trust_pickle=True``; ``layer`` per `LAYER_CONVENTION`),
+    "whisper" (``checkpoint``: a CTranslate2 Whisper directory).
+    """
+    if kind in ("mfcc", "logmel"):
+        from .features.mfcc import MFCCConfig, MFCCExtractor
+
+        return MFCCExtractor(MFCCConfig(kind=kind, **options))
+    if kind in ("hubert", "wavlm"):
+        from .features.ssl import load_fairseq_ssl, load_hf_ssl
+
+        if checkpoint is None or layer is None:
+            raise FeatureError(f"{kind} features need a checkpoint and a layer")
+        path = Path(checkpoint)
+        if path.is_dir():
+            return load_hf_ssl(path, layer, **options).to(device)
+        if path.is_file():
+            return load_fairseq_ssl(path, layer, kind=kind, trust_pickle=trust_pickle, **options).to(device)
+        raise FeatureError(f"{path}: no such checkpoint file or directory")
+    if kind == "whisper":
+        from .features.whisper import WhisperConfig, WhisperExtractor
+
+        if checkpoint is None:
+            raise FeatureError("whisper features need the CTranslate2 model directory as checkpoint")
+        return WhisperExtractor(WhisperConfig(model_dir=str(checkpoint), device=device.split(":")[0], **options))
+    raise FeatureError(f"unknown extractor {kind!r}; choose one of {EXTRACTORS}")
+
+
+def _batches(items: list, max_seconds: float, max_items: int) -> list[list]:
+    """Group items sorted by duration into batches of <= max_seconds padded audio."""
+    from speechtok.inputs import probe_duration
+
+    durs = [(it.duration if it.duration is not None else (probe_duration(it) or 0.0)) for it in items]
+    order = sorted(range(len(items)), key=lambda i: durs[i])
+    out, cur = [], []
+    for i in order:
+        if cur and ((len(cur) + 1) * durs[i] > max_seconds or len(cur) >= max_items):
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        out.append(cur)
+    return [[items[i] for i in b] for b in out]
+
+
+def _load(item, sample_rate: int) -> torch.Tensor:
+    from speechtok.audio import load_audio
+
+    wav, sr = load_audio(item.path, sample_rate=sample_rate)
+    if item.start or item.end is not None:
+        a = int(round(item.start * sr))
+        b = None if item.end is None else int(round(item.end * sr))
+        wav = wav[:, a:b]
+    return wav[0]
+
+
+def extract_to_store(source: Any, extractor, out_dir, batch_seconds: Optional[float] = None, max_batch: int = 32,
+                     shard_rows: int = 262144, dtype: str = "float32", progress: bool = False) -> FeatureStore:
+    """Features of every item of ``source`` (dir, list, manifest; see `speechtok.inputs`) into a
+    feature store at ``out_dir``. Items are batched by similar duration (``batch_seconds`` of
+    padded audio at most; default 120 s on a GPU, 0 = one file per call on CPU, where batching
+    measured no faster, see benchmarks/results/units_features.md); utterance order in the store
+    follows that batching."""
+    from speechtok.inputs import read_inputs
+
+    if batch_seconds is None:
+        dev = getattr(extractor, "device", None)
+        batch_seconds = 120.0 if dev is not None and torch.device(dev).type == "cuda" else 0.0
+
+    items = read_inputs(source)
+    batches = _batches(items, batch_seconds, max_batch)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), desc="features", unit="utt")
+    with FeatureWriter(out_dir, extractor.spec, shard_rows=shard_rows, dtype=dtype) as w:
+        for batch in batches:
+            wavs = [_load(it, extractor.sample_rate) for it in batch]
+            lengths = torch.tensor([x.shape[0] for x in wavs], dtype=torch.long)
+            pad = torch.zeros(len(wavs), 1, int(lengths.max()))
+            for i, x in enumerate(wavs):
+                pad[i, 0, : x.shape[0]] = x
+            feats = extractor.extract(pad, lengths)
+            for it, f in zip(batch, feats.unbatch()):
+                w.add(it.id, f.float().cpu())
+            if bar is not None:
+                bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    return FeatureStore(out_dir)
+
+
+def pooled_features(store: FeatureStore, config: SegmenterConfig, max_utterances: Optional[int] = None):
+    """Segment every utterance of ``store`` and mean-pool: ``[N_segments, D]`` float32."""
+    out = []
+    for i in range(len(store) if max_utterances is None else min(len(store), max_utterances)):
+        f = torch.from_numpy(store.utterance(i))
+        if f.shape[0]:
+            out.append(pool_segments(f, segment(f, store.spec.frame_rate, config)))
+    if not out:
+        raise FeatureError(f"{store.dir}: no frames to segment")
+    return torch.cat(out).numpy()
+
+
+def train_unit_tokenizer(store: FeatureStore, extractor, n_clusters: int, backend: str = "faiss",
+                         sample_rows: Optional[int] = None, dedup: bool = False,
+                         segmenter: Optional[SegmenterConfig] = None, seed: int = 0, name: str = "units",
+                         kmeans: Optional[KMeansModel] = None):
+    """k-means on ``store`` (frame features, or segment-pooled ones with ``segmenter``) -> `UnitTokenizer`."""
+    from .tokenizer import UnitTokenizer
+
+    extractor.spec.check_compatible(store.spec, what=f"feature store {store.dir}")
+    cfg = KMeansConfig(n_clusters=n_clusters, backend=backend, sample_rows=sample_rows, seed=seed)
+    if kmeans is None:
+        data = store if segmenter is None else pooled_features(store, segmenter)
+        kmeans = train_kmeans(data, cfg, spec=store.spec)
+    return UnitTokenizer(extractor, kmeans, dedup=dedup, segmenter=segmenter, name=name)

@@ -1,0 +1,126 @@
+"""Feature extraction interface shared by MFCC, HuBERT/WavLM and Whisper extractors.
+
+Shapes: audio ``[B, C, S]`` (samples at the extractor's ``sample_rate``), features ``[B, T, D]``
+at ``spec.frame_rate`` Hz with ``lengths [B]`` valid frames (zeros past them).
+
+Layer convention (``LAYER_CONVENTION``, stored in every `FeatureSpec`): layer ``L`` is the output
+of transformer block ``L`` counted from 1; layer ``0`` is the input of the first block (the
+feature projection plus convolutional position embedding). This is fairseq's
+``output_layer=L`` and Hugging Face's ``hidden_states[L]``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Protocol, runtime_checkable
+
+import torch
+
+LAYER_CONVENTION = "block-output-1based;0=pre-transformer (fairseq output_layer=L, HF hidden_states[L])"
+
+
+class FeatureError(ValueError):
+    """Bad input to, or a mismatch between, feature extractors and the artefacts built on them."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What a feature vector is: stored with every artefact built from features.
+
+    Attributes:
+        kind: extractor family ("mfcc", "logmel", "hubert", "wavlm", "whisper").
+        layer: transformer layer (see `LAYER_CONVENTION`); -1 for layerless features.
+        frame_rate: frames per second (Hz).
+        dim: feature dimension D.
+        sample_rate: audio rate the extractor takes (Hz).
+        checkpoint_hash: sha256 of the weights (or of the config for weightless extractors).
+        layer_convention: the convention ``layer`` is counted in.
+        options: extractor options that change the numbers (n_mels, deltas, window...).
+    """
+
+    kind: str
+    layer: int
+    frame_rate: float
+    dim: int
+    sample_rate: int
+    checkpoint_hash: str
+    layer_convention: str = LAYER_CONVENTION
+    options: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureSpec":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+    def digest(self) -> str:
+        """sha256 over the JSON form: two specs with the same digest produce the same numbers."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def check_compatible(self, other: "FeatureSpec", what: str = "features") -> None:
+        """Raise `FeatureError` naming the differing fields when ``other`` is not the same features."""
+        diff = [k for k in ("kind", "layer", "dim", "frame_rate", "checkpoint_hash", "layer_convention")
+                if getattr(self, k) != getattr(other, k)]
+        if diff:
+            detail = ", ".join(f"{k}: {getattr(self, k)!r} vs {getattr(other, k)!r}" for k in diff)
+            raise FeatureError(f"{what} were made with other features ({detail})")
+
+
+@dataclass(frozen=True, eq=False)
+class Features:
+    """A batch of features: ``feats`` float32 ``[B, T, D]`` (zero past ``lengths``), ``lengths``
+    int64 ``[B]`` valid frames, and the ``spec`` saying what they are."""
+
+    feats: torch.Tensor
+    lengths: torch.Tensor
+    spec: FeatureSpec
+
+    def unbatch(self) -> list[torch.Tensor]:
+        """One ``[T_b, D]`` tensor per item."""
+        return [self.feats[b, : int(n)] for b, n in enumerate(self.lengths)]
+
+
+@runtime_checkable
+class FeatureExtractor(Protocol):
+    """``extract(wav [B, C, S], lengths [B]) -> Features``; audio at ``sample_rate``."""
+
+    spec: FeatureSpec
+    sample_rate: int
+
+    def extract(self, wav: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> Features: ...
+
+
+def check_audio(wav: torch.Tensor, lengths: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate ``[B, C, S]`` (or ``[C, S]``) audio; mix to mono. Returns (``[B, S]``, lengths ``[B]``)."""
+    if wav.dim() == 2:
+        wav = wav[None]
+    if wav.dim() != 3:
+        raise FeatureError(f"audio must be [B, C, S] or [C, S], got shape {tuple(wav.shape)}")
+    B, _, S = wav.shape
+    mono = wav.float().mean(dim=1)
+    if lengths is None:
+        lengths = torch.full((B,), S, dtype=torch.long)
+    lengths = torch.as_tensor(lengths, dtype=torch.long).to(mono.device)
+    if tuple(lengths.shape) != (B,) or (B and (int(lengths.max()) > S or int(lengths.min()) < 0)):
+        raise FeatureError(f"lengths must be [B]={B} values in [0, {S}], got {lengths.tolist()}")
+    mask = torch.arange(S, device=mono.device)[None, :] < lengths[:, None]
+    return mono * mask, lengths
+
+
+def mask_features(feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zero ``[B, T, D]`` features past ``lengths``."""
+    T = feats.shape[1]
+    mask = torch.arange(T, device=feats.device)[None, :] < lengths.to(feats.device)[:, None]
+    return torch.where(mask[:, :, None], feats, torch.zeros((), dtype=feats.dtype, device=feats.device))
+
+
+def pad_stack(items: list[torch.Tensor], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``[T_i, D]`` tensors into ``[B, T_max, D]`` zero-padded, with lengths ``[B]``."""
+    T = max((x.shape[0] for x in items), default=0)
+    out = torch.zeros(len(items), T, dim, dtype=torch.float32)
+    for i, x in enumerate(items):
+        out[i, : x.shape[0]] = x
+    return out, torch.tensor([x.shape[0] for x in items], dtype=torch.long)

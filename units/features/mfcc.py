@@ -1,0 +1,80 @@
+"""MFCC and log-mel features: HuBERT's first-iteration targets, needing no weights.
+
+``kind="mfcc"``: 13 Kaldi MFCCs (``torchaudio.compliance.kaldi.mfcc``, ``use_energy=False``) plus
+first and second deltas = 39 dims, as fairseq's ``examples/hubert/simple_kmeans/dump_mfcc_feature.py``.
+``kind="logmel"``: Kaldi log-mel filterbank (``n_mels`` dims). Both at 100 Hz (25 ms window,
+10 ms shift, ``snip_edges``: ``T = 1 + (S - 400) // 160`` at 16 kHz, 0 when ``S < 400``).
+Each item is computed alone (cheap), so batched results equal per-item ones exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+
+from .base import Features, FeatureError, FeatureSpec, check_audio, pad_stack
+
+
+@dataclass(frozen=True)
+class MFCCConfig:
+    """``kind``: "mfcc" (13 + deltas) or "logmel"; ``n_mels`` for "logmel"; audio at ``sample_rate``."""
+
+    kind: str = "mfcc"
+    sample_rate: int = 16000
+    n_mels: int = 80
+    deltas: bool = True
+
+    def __post_init__(self):
+        if self.kind not in ("mfcc", "logmel"):
+            raise FeatureError(f"MFCCConfig.kind must be 'mfcc' or 'logmel', got {self.kind!r}")
+
+
+class MFCCExtractor:
+    """Weightless MFCC/log-mel extractor: ``extract(wav [B, C, S], lengths) -> Features [B, T, D]``."""
+
+    def __init__(self, config: MFCCConfig):
+        from speechtok.registry import config_sha256
+
+        self.config = config
+        self.sample_rate = config.sample_rate
+        self.win = int(round(0.025 * config.sample_rate))
+        self.hop = int(round(0.010 * config.sample_rate))
+        base = 13 if config.kind == "mfcc" else config.n_mels
+        dim = base * 3 if (config.deltas and config.kind == "mfcc") else base
+        self.spec = FeatureSpec(kind=config.kind, layer=-1, frame_rate=config.sample_rate / self.hop, dim=dim,
+                                sample_rate=config.sample_rate, checkpoint_hash=config_sha256(asdict(config)),
+                                options=asdict(config))
+
+    def num_frames(self, num_samples: int) -> int:
+        return 0 if num_samples < self.win else 1 + (num_samples - self.win) // self.hop
+
+    def _one(self, x: torch.Tensor) -> torch.Tensor:
+        import torchaudio.compliance.kaldi as kaldi
+        import torchaudio.functional as AF
+
+        n = self.num_frames(x.shape[-1])
+        if n == 0:
+            return torch.zeros(0, self.spec.dim)
+        x = x[None]
+        if self.config.kind == "mfcc":
+            f = kaldi.mfcc(x, sample_frequency=self.sample_rate, use_energy=False)  # [T, 13]
+            if self.config.deltas:
+                f = f.T.contiguous()
+                d1 = AF.compute_deltas(f)
+                d2 = AF.compute_deltas(d1)
+                f = torch.cat([f, d1, d2], dim=0).T.contiguous()
+        else:
+            f = kaldi.fbank(x, sample_frequency=self.sample_rate, num_mel_bins=self.config.n_mels)
+        return f.float()
+
+    @torch.inference_mode()
+    def extract(self, wav: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> Features:
+        mono, lengths = check_audio(wav, lengths)
+        items = [self._one(mono[b, : int(n)].cpu()) for b, n in enumerate(lengths)]
+        feats, flen = pad_stack(items, self.spec.dim)
+        return Features(feats=feats.to(mono.device), lengths=flen.to(mono.device), spec=self.spec)
+
+
+def build_mfcc_extractor(config: MFCCConfig) -> MFCCExtractor:
+    return MFCCExtractor(config)

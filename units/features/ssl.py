@@ -1,0 +1,348 @@
+"""HuBERT / WavLM features through torchaudio's ``Wav2Vec2Model`` from local checkpoints.
+
+Sources: a Hugging Face directory (``config.json`` + weights; read with ``transformers``, then
+converted with ``torchaudio.models.wav2vec2.utils.import_huggingface_model``) or a fairseq
+``.pt`` checkpoint (a pickle: only with ``trust_pickle=True``; converted with torchaudio's
+fairseq key map, no fairseq install needed). Once built, an `SSLExtractor` is saved inside a
+unit tokenizer directory as safetensors + its torchaudio architecture dict, so loading it again
+needs neither ``transformers`` nor pickle.
+
+Layer convention: see `speechtok.units.features.base.LAYER_CONVENTION` (layer L = output of
+transformer block L, 1-based; 0 = input of block 1), equal to HF ``hidden_states[L]``.
+
+Batching: frames of item b depend only on its own samples. The conv front end of group-norm
+models (HuBERT/WavLM base) normalizes over time; its statistics are taken over each item's valid
+frames (a masked GroupNorm), and the transformer runs with an attention mask, so a padded batch
+equals per-item runs. Audio longer than ``window_s`` is cut into windows with
+``context_s`` of extra audio on each side whose frames are dropped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .base import Features, FeatureError, FeatureSpec, check_audio, mask_features
+
+SSL_KINDS = ("hubert", "wavlm", "wav2vec2")
+
+
+@dataclass(frozen=True)
+class SSLConfig:
+    """An SSL extractor: torchaudio architecture kwargs + which layer to read.
+
+    Attributes:
+        kind: "hubert", "wavlm" or "wav2vec2".
+        layer: see `LAYER_CONVENTION`; 0..num_layers.
+        arch: kwargs of ``torchaudio.models.wav2vec2_model`` / ``wavlm_model``.
+        normalize_audio: layer-normalize each waveform first (fairseq ``task.normalize``,
+            HF ``do_normalize``; True for the large models).
+        window_s / context_s: long-audio windowing (seconds).
+    """
+
+    kind: str
+    layer: int
+    arch: dict = field(default_factory=dict)
+    normalize_audio: bool = False
+    sample_rate: int = 16000
+    window_s: float = 30.0
+    context_s: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in SSL_KINDS:
+            raise FeatureError(f"SSL kind must be one of {SSL_KINDS}, got {self.kind!r}")
+        n = int(self.arch.get("encoder_num_layers", 10**9))
+        if not 0 <= self.layer <= n:
+            raise FeatureError(f"layer {self.layer} outside [0, {n}] for this {self.kind} model")
+
+    def to_dict(self) -> dict:
+        arch = {k: ([list(t) for t in v] if k == "extractor_conv_layer_config" else v) for k, v in self.arch.items()}
+        return {"kind": self.kind, "layer": self.layer, "arch": arch, "normalize_audio": self.normalize_audio,
+                "sample_rate": self.sample_rate, "window_s": self.window_s, "context_s": self.context_s}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SSLConfig":
+        arch = dict(d["arch"])
+        arch["extractor_conv_layer_config"] = [tuple(t) for t in arch["extractor_conv_layer_config"]]
+        return cls(kind=d["kind"], layer=int(d["layer"]), arch=arch, normalize_audio=bool(d["normalize_audio"]),
+                   sample_rate=int(d["sample_rate"]), window_s=float(d["window_s"]), context_s=float(d["context_s"]))
+
+
+def state_dict_sha256(state: dict) -> str:
+    """Format-independent weights hash: sha256 over sorted names, shapes and float32 bytes."""
+    h = hashlib.sha256()
+    for k in sorted(k for k in state if k.startswith(("feature_extractor.", "encoder."))):
+        t = state[k].detach().to("cpu", torch.float32).contiguous()
+        h.update(k.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _build_model(config: SSLConfig):
+    from torchaudio.models import wav2vec2_model, wavlm_model
+
+    factory = wavlm_model if config.kind == "wavlm" else wav2vec2_model
+    arch = {k: v for k, v in config.arch.items() if k != "aux_num_out"}
+    arch["encoder_num_layers"] = max(config.layer, 1)  # blocks past the read layer are never run
+    return factory(**arch, aux_num_out=None)
+
+
+class SSLExtractor(torch.nn.Module):
+    """HuBERT/WavLM layer features: ``extract(wav [B, C, S] at 16 kHz, lengths) -> Features [B, T, D]``.
+
+    ``model`` is torchaudio's ``Wav2Vec2Model`` (names: ``feature_extractor`` = fairseq
+    ``feature_extractor`` / HF ``feature_extractor``; ``encoder.transformer.layers`` = fairseq
+    ``encoder.layers`` / HF ``encoder.layers``). Only blocks up to ``layer`` are kept.
+    """
+
+    def __init__(self, config: SSLConfig, model: torch.nn.Module, checkpoint_hash: Optional[str] = None):
+        super().__init__()
+        self.config = config
+        self.sample_rate = config.sample_rate
+        self.model = model.eval()
+        self.checkpoint_hash = checkpoint_hash or state_dict_sha256(model.state_dict())
+        layers = self.model.encoder.transformer.layers
+        del layers[max(config.layer, 1):]  # blocks past the read layer are never used
+        convs = config.arch["extractor_conv_layer_config"]
+        self.hop = 1
+        self.receptive = 1
+        for _, k, s in convs:
+            self.receptive += (k - 1) * self.hop
+            self.hop *= s
+        self.group_norm = config.arch.get("extractor_mode", "group_norm") == "group_norm"
+        self.spec = FeatureSpec(kind=config.kind, layer=config.layer, frame_rate=config.sample_rate / self.hop,
+                                dim=int(config.arch["encoder_embed_dim"]), sample_rate=config.sample_rate,
+                                checkpoint_hash=self.checkpoint_hash,
+                                options={"normalize_audio": config.normalize_audio})
+
+    def num_frames(self, num_samples: int) -> int:
+        n = int(num_samples)
+        for _, k, s in self.config.arch["extractor_conv_layer_config"]:
+            n = 0 if n < k else (n - k) // s + 1
+        return n
+
+    # ----------------------------------------------------------------- core
+    def _frontend(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conv front end: ``x [B, S]`` -> (``[B, T, C]`` conv features, frames ``[B]``)."""
+        fe = self.model.feature_extractor
+        flen = torch.tensor([self.num_frames(int(n)) for n in lengths], dtype=torch.long, device=x.device)
+        T = int(flen.max()) if len(flen) else 0
+        channels = int(self.config.arch["extractor_conv_layer_config"][-1][0])
+        if T == 0:
+            return x.new_zeros(x.shape[0], 0, channels), flen
+        if not (self.group_norm and len(set(lengths.tolist())) > 1):
+            feats, _ = fe(x, None)
+            return feats[:, :T], flen
+        # GroupNorm (fairseq "default" mode) normalizes each channel over time: take its statistics
+        # over each item's valid frames only, so padded batches equal per-item runs exactly.
+        h, n = x[:, None, :], lengths.clone()
+        for block in fe.conv_layers:
+            h = block.conv(h)
+            n = torch.where(n < block.kernel_size, torch.zeros_like(n), (n - block.kernel_size) // block.stride + 1)
+            norm = block.layer_norm
+            if isinstance(norm, torch.nn.GroupNorm):
+                if norm.num_groups != norm.num_channels:
+                    raise FeatureError("masked GroupNorm supports one group per channel (fairseq) only")
+                valid = (torch.arange(h.shape[-1], device=h.device)[None, :] < n[:, None])[:, None, :]
+                cnt = n.clamp(min=1)[:, None, None].to(h.dtype)
+                mean = (h * valid).sum(-1, keepdim=True) / cnt
+                var = (((h - mean) * valid) ** 2).sum(-1, keepdim=True) / cnt
+                h = (h - mean) / torch.sqrt(var + norm.eps) * norm.weight[None, :, None] + norm.bias[None, :, None]
+            elif norm is not None:
+                h = norm(h)
+            h = torch.nn.functional.gelu(h)
+        return h.transpose(1, 2)[:, :T], flen
+
+    def _normalize(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Per-item waveform layer norm over the valid samples (fairseq ``normalize``)."""
+        mask = torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None]
+        n = lengths.clamp(min=1)[:, None].float()
+        mean = (x * mask).sum(1, keepdim=True) / n
+        var = (((x - mean) * mask) ** 2).sum(1, keepdim=True) / n
+        return (x - mean) / torch.sqrt(var + 1e-5) * mask
+
+    def _forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x [B, S]`` (zero-padded), ``lengths [B]`` -> (``[B, T, D]``, ``[B]``)."""
+        feats, flen = self._frontend(x, lengths)
+        if feats.shape[1] == 0:
+            return feats.new_zeros(x.shape[0], 0, self.spec.dim), flen
+        h, mask = self.model.encoder._preprocess(feats, flen)
+        tr = self.model.encoder.transformer
+        out = tr._preprocess(h)
+        pad = torch.arange(out.shape[1], device=out.device)[None, :] >= flen[:, None]  # True at padding
+        bias = None
+        for block in tr.layers[: self.config.layer]:
+            if self.config.kind == "wavlm":  # torchaudio's WavLM attention takes a key padding mask only
+                out, bias = block(out, position_bias=bias, key_padding_mask=pad if bool(pad.any()) else None)
+            else:
+                out, bias = block(out, attention_mask=mask, position_bias=bias)
+        return mask_features(out, flen), flen
+
+    def _windowed(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """One long item ``x [S]`` -> ``[T, D]``: windows with context, run as one batch."""
+        hop = self.hop
+        total = self.num_frames(n)
+        win_f = max(1, int(self.config.window_s * self.sample_rate) // hop)
+        ctx = (int(self.config.context_s * self.sample_rate) // hop) * hop
+        chunks, keep = [], []
+        for f0 in range(0, total, win_f):
+            f1 = min(total, f0 + win_f)
+            a = max(0, f0 * hop - ctx)
+            b = min(n, (f1 - 1) * hop + self.receptive + ctx)
+            chunks.append(x[a:b])
+            keep.append((f0 - a // hop, f1 - f0))
+        lens = torch.tensor([c.shape[0] for c in chunks], dtype=torch.long, device=x.device)
+        batch = torch.zeros(len(chunks), int(lens.max()), device=x.device)
+        for i, c in enumerate(chunks):
+            batch[i, : c.shape[0]] = c
+        out, _ = self._forward(batch, lens)
+        return torch.cat([out[i, s: s + m] for i, (s, m) in enumerate(keep)], dim=0)
+
+    @torch.inference_mode()
+    def extract(self, wav: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> Features:
+        """Audio ``[B, C, S]`` at 16 kHz (zero-padded) + ``lengths [B]`` -> `Features` ``[B, T, D]``."""
+        mono, lengths = check_audio(wav.to(self.device), lengths)
+        if self.config.normalize_audio:  # over the whole item, before any windowing
+            mono = self._normalize(mono, lengths)
+        max_len = int(self.config.window_s * self.sample_rate)
+        if mono.shape[0] == 0 or int(lengths.max()) <= max_len:
+            feats, flen = self._forward(mono, lengths)
+            return Features(feats=feats, lengths=flen, spec=self.spec)
+        items = [self._windowed(mono[b], int(n)) if int(n) > max_len else
+                 self._forward(mono[b:b + 1, : int(n)], lengths[b:b + 1])[0][0] for b, n in enumerate(lengths)]
+        flen = torch.tensor([it.shape[0] for it in items], dtype=torch.long, device=mono.device)
+        feats = mono.new_zeros(len(items), int(flen.max()), self.spec.dim)
+        for b, it in enumerate(items):
+            feats[b, : it.shape[0]] = it
+        return Features(feats=feats, lengths=flen, spec=self.spec)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def build_ssl_extractor(config: SSLConfig, state_dict: Optional[dict] = None,
+                        checkpoint_hash: Optional[str] = None) -> SSLExtractor:
+    """Build the torchaudio model for ``config`` and load ``state_dict`` (torchaudio names)."""
+    model = _build_model(config)
+    if state_dict is not None and checkpoint_hash is None:
+        checkpoint_hash = state_dict_sha256(state_dict)
+    if state_dict is not None:
+        own = model.state_dict()
+        missing = [k for k in own if k not in state_dict and not k.startswith("aux.")]
+        if missing:
+            raise FeatureError(f"SSL weights lack {len(missing)} tensors, e.g. {missing[:3]}")
+        model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
+    return SSLExtractor(config, model, checkpoint_hash)
+
+
+# --------------------------------------------------------------------------- importers
+def load_hf_ssl(directory, layer: int, **options) -> SSLExtractor:
+    """A Hugging Face HubertModel/WavLMModel/Wav2Vec2Model directory -> `SSLExtractor` at ``layer``.
+
+    Needs ``transformers`` (``pip install 'speechtok[ssl]'``); safetensors
+    weights need no pickle.
+    """
+    directory = Path(directory)
+    cfg_path = directory / "config.json"
+    if not cfg_path.is_file():
+        raise FeatureError(f"{directory}: not a Hugging Face model directory (no config.json)")
+    model_type = json.loads(cfg_path.read_text()).get("model_type")
+    kind = {"hubert": "hubert", "wavlm": "wavlm", "wav2vec2": "wav2vec2"}.get(model_type)
+    if kind is None:
+        raise FeatureError(f"{cfg_path}: model_type {model_type!r} is not hubert/wavlm/wav2vec2")
+    try:
+        import transformers
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("loading Hugging Face SSL checkpoints needs `transformers` "
+                          "(pip install 'speechtok[ssl]')") from e
+    from torchaudio.models.wav2vec2.utils import import_huggingface_model
+    from torchaudio.models.wav2vec2.utils.import_huggingface import _get_config, _get_config_wavlm
+
+    hf = transformers.AutoModel.from_pretrained(str(directory), use_safetensors=None).eval()
+    arch = (_get_config_wavlm if kind == "wavlm" else _get_config)(hf.config)
+    do_norm = bool(getattr(hf.config, "do_stable_layer_norm", False))
+    pre = directory / "preprocessor_config.json"
+    if pre.is_file():
+        do_norm = bool(json.loads(pre.read_text()).get("do_normalize", do_norm))
+    import logging
+
+    logging.getLogger("torchaudio.models.wav2vec2.utils.import_huggingface").setLevel(logging.ERROR)
+    model = import_huggingface_model(hf)
+    config = SSLConfig(kind=kind, layer=layer, arch=arch, normalize_audio=options.pop("normalize_audio", do_norm),
+                       **options)
+    return SSLExtractor(config, model)
+
+
+_FAIRSEQ_ARCH = {  # fairseq model cfg name -> torchaudio kwarg
+    "encoder_embed_dim": "encoder_embed_dim", "encoder_layers": "encoder_num_layers",
+    "encoder_attention_heads": "encoder_num_heads", "encoder_ffn_embed_dim": "encoder_ff_interm_features",
+    "conv_pos": "encoder_pos_conv_kernel", "conv_pos_groups": "encoder_pos_conv_groups",
+    "layer_norm_first": "encoder_layer_norm_first", "conv_bias": "extractor_conv_bias",
+}
+
+
+def _conv_layers(spec: str) -> list[tuple[int, int, int]]:
+    """Parse fairseq's ``conv_feature_layers`` ("[(512,10,5)] + [(512,3,2)] * 4 + ...") without eval."""
+    import ast
+
+    def ev(node):
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            a, b = ev(node.left), ev(node.right)
+            return a + b if isinstance(node.op, ast.Add) else a * b
+        if isinstance(node, (ast.List, ast.Tuple)):
+            return [ev(e) for e in node.elts]
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return node.value
+        raise FeatureError(f"unsupported conv_feature_layers expression: {spec!r}")
+
+    return [tuple(int(v) for v in t) for t in ev(ast.parse(spec, mode="eval"))]
+
+
+def load_fairseq_ssl(path, layer: int, kind: str = "hubert", trust_pickle: bool = False, **options) -> SSLExtractor:
+    """A fairseq HuBERT/wav2vec2 ``.pt`` checkpoint -> `SSLExtractor` (no fairseq needed).
+
+    The file is a pickle: loading it can run arbitrary code, so it is refused unless
+    ``trust_pickle=True`` (``--trust-pickle``). Convert once and keep the safetensors result.
+    """
+    path = Path(path)
+    if not trust_pickle:
+        raise FeatureError(f"{path}: fairseq checkpoints are pickles and can run code when loaded; "
+                           "pass trust_pickle=True (--trust-pickle) if you trust this file")
+    from torchaudio.models.wav2vec2.utils.import_fairseq import _convert_state_dict
+
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+    cfg = ckpt.get("cfg") or {}
+    mcfg = dict(cfg["model"]) if "model" in cfg else vars(ckpt.get("args", object()))
+    task = dict(cfg["task"]) if "task" in cfg else {}
+    if not mcfg:
+        raise FeatureError(f"{path}: no model config (cfg.model or args) in the checkpoint")
+    arch = {v: mcfg[k] for k, v in _FAIRSEQ_ARCH.items() if k in mcfg}
+    arch.update(
+        extractor_mode="layer_norm" if mcfg.get("extractor_mode") == "layer_norm" else "group_norm",
+        extractor_conv_layer_config=_conv_layers(mcfg.get("conv_feature_layers",
+                                                          "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2")),
+        encoder_projection_dropout=0.0, encoder_attention_dropout=0.0, encoder_ff_interm_dropout=0.0,
+        encoder_dropout=0.0, encoder_layer_drop=0.0)
+    arch.setdefault("extractor_conv_bias", False)
+    for k, d in (("encoder_embed_dim", 768), ("encoder_num_layers", 12), ("encoder_num_heads", 12),
+                 ("encoder_ff_interm_features", 3072), ("encoder_pos_conv_kernel", 128),
+                 ("encoder_pos_conv_groups", 16), ("encoder_layer_norm_first", False)):
+        arch.setdefault(k, d)
+    if kind == "wavlm":
+        raise FeatureError(f"{path}: fairseq-format WavLM checkpoints are not supported; use the HF directory")
+    state = _convert_state_dict(ckpt["model"])
+    for old, new in (("weight_g", "parametrizations.weight.original0"), ("weight_v", "parametrizations.weight.original1")):
+        key = f"encoder.transformer.pos_conv_embed.conv.{old}"  # fairseq weight_norm -> torch parametrizations
+        if key in state:
+            state[key.replace(old, new)] = state.pop(key)
+    config = SSLConfig(kind=kind, layer=layer, arch=arch,
+                       normalize_audio=options.pop("normalize_audio", bool(task.get("normalize", False))), **options)
+    return build_ssl_extractor(config, state)
