@@ -10,8 +10,6 @@ Names load lazily (``import speechtok.codec`` does not import torch):
 """
 from __future__ import annotations
 
-import importlib
-
 _LAZY = {
     "CodecConfig": "config:CodecConfig",
     "SEANetConfig": "config:SEANetConfig",
@@ -37,15 +35,6 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
+from speechtok._lazy import lazy_exports  # noqa: E402
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        module, attr = _LAZY[name].split(":")
-        value = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'speechtok.codec' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -9,8 +9,6 @@
 """
 from __future__ import annotations
 
-import importlib
-
 __version__ = "0.1.0"
 
 # public name -> "submodule:attribute"
@@ -44,15 +42,6 @@ _LAZY = {
 
 __all__ = ["__version__", *_LAZY]
 
+from ._lazy import lazy_exports  # noqa: E402
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        module, attr = _LAZY[name].split(":")
-        value = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'speechtok' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

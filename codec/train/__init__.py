@@ -7,8 +7,6 @@
 """
 from __future__ import annotations
 
-import importlib
-
 _LAZY = {
     "TrainConfig": "config:TrainConfig",
     "DataConfig": "config:DataConfig",
@@ -32,11 +30,6 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
+from speechtok._lazy import lazy_exports  # noqa: E402
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        module, attr = _LAZY[name].split(":")
-        value = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
