@@ -26,6 +26,7 @@ from typing import Iterable, Optional, Union
 import torch
 
 from .codes import Codes, CodesError
+from .formats import read_versioned_json
 
 FORMAT = "speechtok.unit_bpe"
 FORMAT_VERSION = 1
@@ -227,14 +228,7 @@ class UnitBPE:
         for p in (meta_path, tok_path):
             if not p.is_file():
                 raise CodesError(f"{directory}: not a unit BPE directory (missing {p.name})")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CodesError(f"{meta_path}: unreadable ({e})") from e
-        if meta.get("format") != FORMAT:
-            raise CodesError(f"{meta_path}: not a speechtok unit BPE file")
-        if int(meta.get("format_version", -1)) > FORMAT_VERSION:
-            raise CodesError(f"{meta_path}: format version {meta['format_version']} is newer than supported")
+        meta = read_versioned_json(meta_path, FORMAT, FORMAT_VERSION, CodesError, "unit BPE file")
         try:
             tok = hf.Tokenizer.from_file(str(tok_path))
         except Exception as e:

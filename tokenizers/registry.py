@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from .formats import check_format, read_json
+
 MODEL_FORMAT = "speechtok.model"
 MODEL_FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -104,22 +106,11 @@ def read_model_config(directory: Path) -> dict:
     cfg_path = directory / CONFIG_FILE
     if not cfg_path.is_file():
         raise ModelLoadError(f"{directory}: not a model directory (no {CONFIG_FILE})")
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{cfg_path}: unreadable model config ({e})") from e
-    if meta.get("model_type") == "mimi":  # a Hugging Face MimiModel directory
+    meta = read_json(cfg_path, ModelLoadError, "model config")
+    if isinstance(meta, dict) and meta.get("model_type") == "mimi":  # a Hugging Face MimiModel directory
         return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "kind": "hf-mimi",
                 "name": directory.name, "config": meta}
-    if meta.get("format") != MODEL_FORMAT:
-        raise ModelLoadError(f"{cfg_path}: not a speechtok model config (format={meta.get('format')!r})")
-    version = int(meta.get("format_version", -1))
-    if version > MODEL_FORMAT_VERSION:
-        raise ModelLoadError(f"{cfg_path}: model format version {version} is newer than this speechtok "
-                             f"reads (<= {MODEL_FORMAT_VERSION}); upgrade speechtok")
-    if version < 1:
-        raise ModelLoadError(f"{cfg_path}: invalid model format version {meta.get('format_version')!r}")
-    return meta
+    return check_format(meta, cfg_path, MODEL_FORMAT, MODEL_FORMAT_VERSION, ModelLoadError, "model config")
 
 
 def load(name_or_path: Optional[Union[str, os.PathLike]] = None, device: str = "cpu"):

@@ -30,6 +30,7 @@ import torch
 
 from .atomic import atomic_path, atomic_write_text
 from .codes import Codes
+from .formats import read_versioned_json
 
 SHARDS_FORMAT = "speechtok.shards"
 SHARDS_FORMAT_VERSION = 1
@@ -125,17 +126,7 @@ def write_shard(directory: PathLike, index: int, items: Sequence[EncodedItem], e
 
 
 def read_shard_index(path: PathLike) -> dict:
-    path = Path(path)
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ShardError(f"{path}: unreadable shard index ({e})") from e
-    if rec.get("format") != SHARDS_FORMAT:
-        raise ShardError(f"{path}: not a speechtok shard index (format={rec.get('format')!r})")
-    if int(rec.get("format_version", 0)) > SHARDS_FORMAT_VERSION:
-        raise ShardError(f"{path}: shard format version {rec.get('format_version')} is newer than this "
-                         f"speechtok reads (<= {SHARDS_FORMAT_VERSION}); upgrade speechtok")
-    return rec
+    return read_versioned_json(path, SHARDS_FORMAT, SHARDS_FORMAT_VERSION, ShardError, "shard index")
 
 
 def done_shards(directory: PathLike) -> dict[int, Path]:
@@ -161,16 +152,7 @@ def read_job(directory: PathLike) -> dict:
     path = Path(directory) / JOB_FILE
     if not path.is_file():
         raise ShardError(f"{directory}: not a speechtok shard directory (no {JOB_FILE})")
-    try:
-        job = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ShardError(f"{path}: unreadable job file ({e})") from e
-    if job.get("format") != SHARDS_FORMAT:
-        raise ShardError(f"{path}: not a speechtok shards job (format={job.get('format')!r})")
-    if int(job.get("format_version", 0)) > SHARDS_FORMAT_VERSION:
-        raise ShardError(f"{path}: format version {job.get('format_version')} is newer than this speechtok "
-                         f"reads (<= {SHARDS_FORMAT_VERSION}); upgrade speechtok")
-    return job
+    return read_versioned_json(path, SHARDS_FORMAT, SHARDS_FORMAT_VERSION, ShardError, "shards job")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from typing import Iterator, Optional, Union
 
 import numpy as np
 
+from speechtok.formats import read_versioned_json
+
 from .features.base import FeatureError, FeatureSpec
 
 FORMAT = "speechtok.featstore"
@@ -118,15 +120,7 @@ class FeatureStore:
         path = self.dir / INDEX
         if not path.is_file():
             raise FeatureError(f"{self.dir}: not a feature store (no {INDEX}; was the writer closed?)")
-        try:
-            index = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise FeatureError(f"{path}: unreadable index ({e})") from e
-        if index.get("format") != FORMAT:
-            raise FeatureError(f"{path}: not a speechtok feature store index")
-        if int(index.get("format_version", -1)) > FORMAT_VERSION:
-            raise FeatureError(f"{path}: format version {index['format_version']} is newer than supported "
-                               f"({FORMAT_VERSION}); upgrade speechtok")
+        index = read_versioned_json(path, FORMAT, FORMAT_VERSION, FeatureError, "feature store index")
         self.index = index
         self.spec = FeatureSpec.from_dict(index["spec"])
         self.dim = int(index["dim"])

@@ -20,6 +20,8 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from speechtok.formats import check_format
+
 from .features.base import FeatureError, FeatureSpec
 from .featstore import FeatureStore
 
@@ -168,10 +170,7 @@ class KMeansModel:
                 cents = f.get_tensor("centroids")
         except Exception as e:  # safetensors raises its own types
             raise FeatureError(f"{path}: unreadable k-means file ({e})") from e
-        if meta.get("format") != FORMAT:
-            raise FeatureError(f"{path}: not a speechtok k-means file (format={meta.get('format')!r})")
-        if int(meta.get("format_version", -1)) > FORMAT_VERSION:
-            raise FeatureError(f"{path}: k-means format version {meta['format_version']} is newer than supported")
+        check_format(meta, path, FORMAT, FORMAT_VERSION, FeatureError, "k-means file")
         spec = json.loads(meta.get("spec", "null"))
         return cls(cents, FeatureSpec.from_dict(spec) if spec else None, json.loads(meta.get("info", "{}")))
 

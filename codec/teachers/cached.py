@@ -19,6 +19,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from speechtok.formats import read_versioned_json
+
 from ..distill import TeacherFeatures
 
 CACHE_FORMAT = "speechtok.teacher_cache"
@@ -85,14 +87,7 @@ def _index(teacher, tf: Optional[TeacherFeatures], items: dict, old: Optional[di
 
 def _read_index(directory: Path) -> dict:
     path = directory / INDEX_FILE
-    try:
-        index = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CacheError(f"{path}: unreadable teacher feature index ({e})") from e
-    if index.get("format") != CACHE_FORMAT or int(index.get("format_version", 99)) > CACHE_VERSION:
-        raise CacheError(f"{path}: not a readable speechtok teacher cache "
-                         f"(format={index.get('format')!r}, version={index.get('format_version')!r})")
-    return index
+    return read_versioned_json(path, CACHE_FORMAT, CACHE_VERSION, CacheError, "teacher feature index")
 
 
 class CachedTeacher:

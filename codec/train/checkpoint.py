@@ -29,6 +29,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from speechtok.formats import read_versioned_json
+
 CKPT_FORMAT = "speechtok.train.checkpoint"
 CKPT_VERSION = 1
 MODULES_FILE = "modules.safetensors"
@@ -205,13 +207,7 @@ def load_checkpoint(path: Path, *, modules: dict[str, torch.nn.Module],
     ckpt = find_checkpoint(Path(path))
     if ckpt is None:
         raise CheckpointError(f"{path}: no checkpoint ({STATE_FILE} or checkpoints/{LATEST} not found)")
-    try:
-        meta = json.loads((ckpt / STATE_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{ckpt / STATE_FILE}: unreadable ({e})") from e
-    if meta.get("format") != CKPT_FORMAT or int(meta.get("format_version", 99)) > CKPT_VERSION:
-        raise CheckpointError(f"{ckpt / STATE_FILE}: not a readable speechtok checkpoint "
-                              f"(format={meta.get('format')!r}, version={meta.get('format_version')!r})")
+    meta = read_versioned_json(ckpt / STATE_FILE, CKPT_FORMAT, CKPT_VERSION, CheckpointError, "training checkpoint")
     for f in (MODULES_FILE, OPTIM_FILE):
         if not (ckpt / f).is_file():
             raise CheckpointError(f"{ckpt}: missing {f}")
