@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from .config import CodecConfig
-from .inference_vq import CachedRVQ
 from .modules.resample import ConvDownsample, ConvUpsample
 from .modules.seanet import SEANetDecoder, SEANetEncoder, SeqState
 from .modules.conv import ConvState, ConvTransposeState
@@ -141,7 +140,7 @@ class CodecModel(nn.Module):
         if z.shape[-1] == 0:
             K = n_q or self.cfg.quantizer.n_q
             return torch.zeros(z.shape[0], K, 0, dtype=torch.long, device=z.device)
-        return self._vq().encode(z, n_q)
+        return self.quantizer.encode(z, None, n_q)
 
     def decode(self, codes: torch.Tensor, state: Optional[DecoderState] = None) -> torch.Tensor:
         """Codes ``[B, k, T]`` (``k <= K``, no -1) -> audio ``[B, C, T * hop]``."""
@@ -149,14 +148,7 @@ class CodecModel(nn.Module):
             raise ValueError(f"expected codes [B, K, T], got shape {tuple(codes.shape)}")
         if codes.shape[-1] == 0:
             return torch.zeros(codes.shape[0], self.cfg.channels, 0, device=codes.device)
-        return self.decode_latent(self._vq().decode(codes), state)
-
-    def _vq(self) -> CachedRVQ:
-        """The quantizer with codebook tables cached for inference (see `inference_vq`)."""
-        fast = self.__dict__.get("_cached_vq")
-        if fast is None or fast.q is not self.quantizer:
-            fast = self.__dict__["_cached_vq"] = CachedRVQ(self.quantizer)
-        return fast
+        return self.decode_latent(self.quantizer.decode(codes), state)
 
     # ------------------------------------------------------------------ training
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None,

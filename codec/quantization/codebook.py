@@ -106,18 +106,46 @@ class _Codebook(nn.Module):
         """The code vectors to store for k-means ``centroids`` of ``data`` ``[N, Dc]``."""
         return centroids
 
+    def _table_sources(self) -> list[torch.Tensor]:
+        """The tensors `table` is computed from (their versions key the inference cache)."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ lookup
+    CACHE_ROWS = 8  # inference calls of at most this many rows (streaming steps) build the cache
+
+    def _lookup(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(table [K, Dc], search)``: ``search`` is the l2-normalised table (spherical) or
+        ``0.5 * |table|^2`` ``[K]`` (Euclidean).
+
+        Without autograd and outside training the pair is cached, keyed by the identity and
+        version counters of `_table_sources` (any update or reload invalidates it): for Mimi the
+        tables are 32 x 2048 x 256 and recomputing them dominated a one-frame streaming step. Only
+        small calls build the cache, so offline encoding in large windows (where the cost is
+        amortised) does not hold a second copy of the codebooks; once built, every call uses it.
+        """
+        cacheable = not self.training and not torch.is_grad_enabled()
+        if cacheable:
+            key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in self._table_sources())
+            cache = self.__dict__.get("_lookup_cache")
+            if cache is not None and cache[0] == key:
+                return cache[1], cache[2]
+        table = self.table()
+        search = F.normalize(table, dim=1) if self.spherical else 0.5 * table.pow(2).sum(dim=1)
+        if cacheable and (rows <= self.CACHE_ROWS or "_lookup_cache" in self.__dict__):
+            self.__dict__["_lookup_cache"] = (key, table, search)
+        return table, search
+
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """Nearest code of every row: ``z`` ``[N, Dc]`` -> int64 ``[N]``."""
         with torch.no_grad():
-            table = self.table()
+            table, search = self._lookup(z.shape[0])
             if self.spherical:
-                return nearest(F.normalize(z, dim=1), F.normalize(table, dim=1), cosine=True)
-            return nearest(z, table)
+                return nearest(F.normalize(z, dim=1), search, cosine=True)
+            return nearest(z, table, half_sq=search)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Code vectors: int64 ``[...]`` -> ``[..., Dc]``."""
-        return F.embedding(codes, self.table())
+        return F.embedding(codes, self._lookup(codes.numel())[0])
 
     # ------------------------------------------------------------------ training
     def is_initialized(self) -> bool:
@@ -287,6 +315,9 @@ class EuclideanCodebook(_Codebook):
     def _shared_tensors(self):
         return [self.embed_sum, self.cluster_usage, self.code_usage, self.initialized]
 
+    def _table_sources(self):
+        return [self.embed_sum, self.cluster_usage]
+
 
 class FactorizedCodebook(_Codebook):
     """Cosine lookup on l2-normalised vectors, codes trained by gradient (DAC).
@@ -329,3 +360,6 @@ class FactorizedCodebook(_Codebook):
 
     def _shared_tensors(self):
         return [self.weight.data, self.code_usage, self.initialized]
+
+    def _table_sources(self):
+        return [self.weight]

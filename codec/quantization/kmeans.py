@@ -11,7 +11,8 @@ import torch.nn.functional as F
 _MAX_ELEMENTS = 1 << 24
 
 
-def nearest(x: torch.Tensor, codebook: torch.Tensor, cosine: bool = False) -> torch.Tensor:
+def nearest(x: torch.Tensor, codebook: torch.Tensor, cosine: bool = False,
+            half_sq: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Index of the nearest code for every row.
 
     Args:
@@ -19,6 +20,7 @@ def nearest(x: torch.Tensor, codebook: torch.Tensor, cosine: bool = False) -> to
         codebook: ``[K, D]`` codes.
         cosine: rank by dot product (largest first) instead of Euclidean distance; with
             l2-normalised inputs and codes this is the nearest code by cosine.
+        half_sq: ``0.5 * |codebook|^2`` ``[K]`` if already known (Euclidean only).
 
     Returns:
         int64 ``[N]``; ties go to the lowest index. Each row is computed independently of the
@@ -28,7 +30,8 @@ def nearest(x: torch.Tensor, codebook: torch.Tensor, cosine: bool = False) -> to
         raise ValueError(f"nearest expects x [N, D] and codebook [K, D], got {tuple(x.shape)} and {tuple(codebook.shape)}")
     x = x.to(codebook.dtype)
     # ||x||^2 is the same for every code, so it does not change the argmin.
-    half_sq = None if cosine else 0.5 * codebook.pow(2).sum(dim=1)
+    if not cosine and half_sq is None:
+        half_sq = 0.5 * codebook.pow(2).sum(dim=1)
     step = max(1, _MAX_ELEMENTS // max(1, codebook.shape[0]))
     out = []
     for start in range(0, x.shape[0], step):

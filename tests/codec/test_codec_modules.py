@@ -141,24 +141,38 @@ def test_transformer_reset_one_item():
         torch.testing.assert_close(out[1], tr(torch.cat([a, b], 1)[1:])[0, 5:], rtol=1e-5, atol=1e-5)
 
 
-def test_cached_rvq_is_bitwise_the_quantizer_and_follows_weight_updates():
+def test_inference_table_cache_is_bitwise_and_follows_weight_updates():
+    """Codebook tables cached for inference give the uncached codes/latents bitwise, and an
+    in-place codebook update invalidates them."""
+    import copy
+
     from speechtok.codec import build_codec, preset
-    from speechtok.codec.inference_vq import CachedRVQ
 
     torch.manual_seed(0)
     model = build_codec(preset("tiny")).eval()
-    fast = CachedRVQ(model.quantizer)
-    assert fast.enabled
-    small = torch.randn(1, 16, 4)  # a streaming-size call builds the cache
-    assert torch.equal(fast.encode(small), model.quantizer.encode(small))
-    assert fast._cache[0].key is not None
-    z = torch.randn(3, 16, 11)  # larger calls then use it too
-    codes = model.quantizer.encode(z)
-    assert torch.equal(fast.encode(z), codes)
-    assert torch.equal(fast.encode(z, n_q=2), model.quantizer.encode(z, None, 2))
-    assert torch.equal(fast.decode(codes), model.quantizer.decode(codes))
-    assert torch.equal(fast.decode(codes[:, :1]), model.quantizer.decode(codes[:, :1]))
-    with torch.no_grad():  # an in-place codebook update must invalidate the cached tables
-        model.quantizer.acoustic_rvq.layers[0].codebook.embed_sum.mul_(-1.0)
-    assert torch.equal(fast.encode(z), model.quantizer.encode(z))
-    assert torch.equal(fast.decode(codes), model.quantizer.decode(codes))
+    q = model.quantizer
+    cb = q.acoustic_rvq.layers[0].codebook
+
+    def uncached(fn, *args):
+        ref = copy.deepcopy(q)  # a deep copy drops nothing but shares no cache state either
+        for m in ref.modules():
+            m.__dict__.pop("_lookup_cache", None)
+        with torch.enable_grad():  # the cache is only used without autograd
+            return getattr(ref, fn)(*args)
+
+    with torch.no_grad():
+        small = torch.randn(1, 16, 4)  # a streaming-size call builds the cache
+        assert torch.equal(q.encode(small), uncached("encode", small))
+        assert "_lookup_cache" in cb.__dict__
+        z = torch.randn(3, 16, 11)  # larger calls then use it too
+        codes = q.encode(z)
+        assert torch.equal(codes, uncached("encode", z))
+        assert torch.equal(q.encode(z, None, 2), uncached("encode", z, None, 2))
+        assert torch.equal(q.decode(codes), uncached("decode", codes).detach())
+        cb.embed_sum.mul_(-1.0)  # an in-place codebook update must invalidate the cached tables
+        assert torch.equal(q.encode(z), uncached("encode", z))
+        assert torch.equal(q.decode(codes), uncached("decode", codes).detach())
+        big = build_codec(preset("tiny")).eval().quantizer
+        big.encode(torch.randn(4, 16, 32))  # a large first call does not build a cache
+        assert all("_lookup_cache" not in m.__dict__ for m in big.modules())
+
