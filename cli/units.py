@@ -4,8 +4,10 @@
     speechtok units train-kmeans feats/ my-units/ --k 500
     speechtok units train-bpe codes/*.safetensors my-bpe/ --vocab-size 4096 --dedup
     speechtok units import-kmeans km.bin my-km.safetensors --trust-pickle
+    speechtok units train-vocoder my-units/ vocoder.json --run-dir runs/voc --export my-units-voc/
 
-Each command is a few lines over `speechtok.units.api`, `speechtok.units.kmeans` and `speechtok.bpe`.
+Each command is a few lines over `speechtok.units.api`, `speechtok.units.kmeans`, `speechtok.bpe` and
+`speechtok.units.vocoder_train`.
 """
 from __future__ import annotations
 
@@ -24,11 +26,12 @@ def _friendly(fn):
     def wrapper(*args, **kwargs):
         from speechtok.codes import CodesError
         from speechtok.registry import ModelLoadError
+        from speechtok.codec.train.config import TrainConfigError
         from speechtok.units.features.base import FeatureError
 
         try:
             return fn(*args, **kwargs)
-        except (FeatureError, CodesError, ModelLoadError) as e:
+        except (FeatureError, CodesError, ModelLoadError, TrainConfigError) as e:
             raise click.ClickException(str(e)) from e
     return wrapper
 
@@ -152,3 +155,25 @@ def import_kmeans_cmd(pickle_file, out, trust_pickle):
     km = import_kmeans_pickle(pickle_file, trust_pickle=trust_pickle)
     km.save(out)
     click.echo(f"{out}: {km.n_clusters} x {km.dim} centroids")
+
+
+@units.command("train-vocoder")
+@click.argument("tokenizer_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False),
+              help="checkpoints + logs; an existing run resumes exactly")
+@click.option("--export", "export_dir", default=None, type=click.Path(file_okay=False),
+              help="write TOKENIZER_DIR + the trained vocoder here (speechtok.load-able, decodes)")
+@click.option("--steps", type=int, default=None, help="train until this total step count (default: the config's; 0 on an existing run: just export)")
+@_friendly
+def train_vocoder_cmd(tokenizer_dir, config, run_dir, export_dir, steps):
+    """Train a unit vocoder for the unit tokenizer TOKENIZER_DIR with training CONFIG (the codec
+    training schema; `model` holds the vocoder sizes, e.g. units/configs/vocoder-mfcc-16k-cpu.json)."""
+    from speechtok.units.vocoder_train import train_vocoder
+
+    run = train_vocoder(tokenizer_dir, config, run_dir, steps=steps, export_to=export_dir)
+    last = run.results[-1] if run.results else None
+    if last is not None:
+        click.echo(f"step {last.step}: mel {last.losses.get('mel', float('nan')):.4f}")
+    if run.export_dir is not None:
+        click.echo(f"{run.export_dir}: unit tokenizer + vocoder (speechtok.load it and decode)")

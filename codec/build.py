@@ -15,9 +15,10 @@ def quantizer_config(cfg: CodecConfig, **overrides):
     from .quantization import QuantizerConfig
 
     q = cfg.quantizer
-    base = QuantizerConfig(kind="split" if q.n_semantic > 0 else "rvq", input_dim=cfg.seanet.dimension,
-                           dim=q.codebook_dim, n_q=q.n_q, codebook_size=q.codebook_size,
-                           n_semantic=q.n_semantic, project=True)
+    kind = q.topology or ("split" if q.n_semantic > 0 else "rvq")
+    base = QuantizerConfig(kind=kind, input_dim=cfg.seanet.dimension, dim=q.codebook_dim, n_q=q.n_q,
+                           codebook_size=q.codebook_size, n_semantic=q.n_semantic, project=True,
+                           lookup=q.lookup, codebook_dim=q.lookup_dim)
     return dataclasses.replace(base, **overrides) if overrides else base
 
 
@@ -33,6 +34,8 @@ def build_codec(cfg: CodecConfig, quantizer: Optional[object] = None) -> CodecMo
 
     qcfg = quantizer if quantizer is not None else quantizer_config(cfg)
     q = cfg.quantizer
-    if (qcfg.n_q, qcfg.codebook_size, qcfg.input_dim) != (q.n_q, q.codebook_size, cfg.seanet.dimension):
+    want = quantizer_config(cfg)
+    if (qcfg.kind, qcfg.n_q, qcfg.n_semantic, qcfg.codebook_size, qcfg.input_dim, qcfg.lookup, qcfg.codebook_dim) != \
+            (want.kind, want.n_q, want.n_semantic, want.codebook_size, want.input_dim, want.lookup, want.codebook_dim):
         raise ValueError(f"quantizer config {qcfg} disagrees with codec config {q} (dimension {cfg.seanet.dimension})")
     return CodecModel(cfg, build_quantizer(qcfg))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 
 @dataclass(frozen=True)
@@ -86,12 +86,29 @@ class QuantizerSpec:
         n_semantic: codebooks of the semantic RVQ (0: a plain RVQ).
         codebook_size: entries per codebook.
         codebook_dim: dimension of the quantized space (input/output projections map to it).
+        topology: ``"split"`` (Mimi: semantic and acoustic RVQs side by side) or ``"rvq"`` (one
+            RVQ whose first ``n_semantic`` levels are distilled, SpeechTokenizer); None picks
+            ``"split"`` when ``n_semantic >= 1``.
+        lookup: ``"euclidean"`` (EMA codebooks, Mimi) or ``"factorized"`` (l2-normalised
+            low-dimensional lookup, DAC).
+        lookup_dim: lookup dimension (None: ``codebook_dim`` for euclidean, 8 for factorized).
     """
 
     n_q: int = 32
     n_semantic: int = 1
     codebook_size: int = 2048
     codebook_dim: int = 256
+    topology: Optional[str] = None
+    lookup: str = "euclidean"
+    lookup_dim: Optional[int] = None
+
+    def __post_init__(self):
+        if self.topology not in (None, "split", "rvq"):
+            raise ValueError(f"quantizer.topology must be 'split', 'rvq' or null, got {self.topology!r}")
+        if self.lookup not in ("euclidean", "factorized"):
+            raise ValueError(f"quantizer.lookup must be 'euclidean' or 'factorized', got {self.lookup!r}")
+        if self.topology == "split" and self.n_semantic < 1:
+            raise ValueError("quantizer.topology 'split' needs n_semantic >= 1")
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,8 @@ class BuiltinModel:
 BUILTINS: dict[str, BuiltinModel] = {
     "mulaw-16k": BuiltinModel("mulaw-16k", "8-bit mu-law at 16 kHz (128 kbit/s): a weightless "
                                            "reference tokenizer, one codebook of 256 (no neural codec)"),
+    "units-mfcc500-16k": BuiltinModel("units-mfcc500-16k", "MFCC k-means units (K=500, 100 Hz, 0.9 kbit/s) "
+                                                           "with a unit vocoder; needs no pretrained weights"),
 }
 # No trained codec ships yet (see the codec training issue); until one does there is no default,
 # rather than a placeholder: load() without a name says so.

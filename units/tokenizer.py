@@ -11,8 +11,10 @@ centroids; ``codes [B, 1, N]`` with ``durations`` = segment lengths in feature f
 A trained tokenizer is one directory (`speechtok.registry.save_model_dir`, kind ``"units"``):
 ``config.json`` (feature extractor description, `FeatureSpec`, options) + ``model.safetensors``
 (``centroids [K, D]`` and, for HuBERT/WavLM, ``extractor.*`` torchaudio weights); a BPE stage is
-stored inside ``config.json`` (its HF tokenizer JSON + metadata). There is no
-``decode`` until a unit vocoder exists.
+stored inside ``config.json`` (its HF tokenizer JSON + metadata). A unit vocoder
+(`speechtok.units.vocoder`, trained with ``speechtok units train-vocoder``) is stored in the same
+directory: a ``vocoder`` section in ``config.json`` (its config + version) and ``vocoder.*`` tensors;
+with one, ``decode(codes)`` turns frame, deduped, BPE and syllable codes back into speech.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from typing import Optional
 import torch
 
 from speechtok.codes import Codes
-from speechtok.protocol import BaseTokenizer
+from speechtok.protocol import BaseTokenizer, Waveform
 
 from .features import build_extractor, extractor_config, extractor_state
 from .features.base import Features, FeatureError, FeatureSpec
@@ -45,7 +47,11 @@ class UnitTokenizer(BaseTokenizer):
         segmenter: syllable segmentation config (None: frame units).
         name: model name used in ``model_id``.
         bpe: optional `UnitBPE` applied last (trained on this tokenizer's units).
+
+    ``vocoder`` (a `UnitVocoder`, see `set_vocoder`) makes `decode` available.
     """
+
+    accepts_durations = True  # `decode` expands durations itself (BPE tokens first spell their units)
 
     def __init__(self, extractor, kmeans: KMeansModel, dedup: bool = False,
                  segmenter: Optional[SegmenterConfig] = None, name: str = "units", bpe=None):
@@ -76,6 +82,66 @@ class UnitTokenizer(BaseTokenizer):
         self.bpe = None
         if bpe is not None:
             self.set_bpe(bpe)
+        self.vocoder = None
+
+    def set_vocoder(self, vocoder) -> "UnitTokenizer":
+        """Attach a `UnitVocoder` trained on this tokenizer's units (refused otherwise)."""
+        from .vocoder import check_vocoder_matches
+
+        check_vocoder_matches(vocoder.config, self)
+        self.vocoder = vocoder.to(self.centroids.device).eval()
+        return self
+
+    @property
+    def can_decode(self) -> bool:
+        return self.vocoder is not None
+
+    def frame_units(self, codes: Codes) -> Codes:
+        """Any codes of this tokenizer -> frame units ``[B, 1, T]`` at ``frame_rate`` (``durations=None``).
+
+        BPE tokens are spelled back into units; with ``durations`` (deduped/syllable units, BPE
+        token spans) each unit is repeated for its frames. A BPE token over several *deduped* units
+        only knows their total duration, so it is split evenly among them (exact for BPE over frame
+        units, an approximation over deduped ones)."""
+        if self.bpe is not None and codes.model_id == self.bpe.model_id:
+            units = self.bpe.decode(codes)
+            if codes.durations is not None:
+                durs = torch.zeros(units.codes.shape[0], units.codes.shape[-1], dtype=torch.long)
+                for b in range(codes.batch_size):
+                    n = int(codes.lengths[b])
+                    per_tok = self.bpe._nsym[codes.codes[b, 0, :n].cpu()]
+                    d = codes.durations[b, :n].cpu().long()
+                    base, rem = d // per_tok, d % per_tok
+                    tok_of = torch.repeat_interleave(torch.arange(n), per_tok)
+                    first = torch.cumsum(per_tok, 0) - per_tok
+                    pos = torch.arange(len(tok_of)) - first[tok_of]
+                    durs[b, : len(tok_of)] = base[tok_of] + (pos < rem[tok_of]).long()
+                units = units.with_(durations=durs.to(units.codes.device))
+            codes = units
+        return codes.expand()
+
+    @torch.inference_mode()
+    def decode(self, codes: Codes) -> Waveform:
+        """`Codes` of this tokenizer (frame, deduped, syllable or BPE; its ``model_id`` or, with a
+        BPE stage, the underlying units' id) -> `Waveform` ``[B, 1, S]`` at ``sample_rate``, ``S =
+        frames * hop``; with ``audio_lengths`` in the codes, lengths are exactly those (the few
+        samples past the last whole frame, if any, are zeros)."""
+        if self.vocoder is None:
+            raise FeatureError(f"{self.model_id} has no unit vocoder, so it cannot decode; train one with "
+                               "`speechtok units train-vocoder TOKENIZER_DIR CONFIG --run-dir D --export OUT`")
+        if codes.model_id != self.units_id:
+            codes.check_model(self.model_id)
+        codes.validate()
+        units = self.frame_units(codes.to(self.centroids.device))
+        hop = self.vocoder.hop
+        audio = self.vocoder(units.codes[:, 0], units.lengths)
+        lengths = units.lengths * hop
+        if codes.audio_lengths is not None:  # exact input length: frames cover all but the last window's tail
+            lengths = codes.audio_lengths.to(lengths.device).clone()
+            S = int(lengths.max()) if lengths.numel() else 0
+            audio = torch.nn.functional.pad(audio, (0, S - audio.shape[-1])) if S > audio.shape[-1] else audio[..., :S]
+        mask = torch.arange(audio.shape[-1], device=audio.device)[None] < lengths[:, None]
+        return Waveform(audio * mask[:, None, :], lengths, self.sample_rate)
 
     def set_bpe(self, bpe) -> "UnitTokenizer":
         """Append a BPE stage trained on this tokenizer's units (checked by model id)."""
@@ -143,7 +209,8 @@ class UnitTokenizer(BaseTokenizer):
         return {"config_version": CONFIG_VERSION, "features": extractor_config(self.extractor),
                 "spec": self.spec.to_dict(), "n_clusters": self.codebook_sizes[0], "dedup": self.dedup,
                 "segmenter": asdict(self.segmenter) if self.segmenter else None, "kmeans_info": self.kmeans_info,
-                "bpe": {"tokenizer": json.loads(self.bpe.tok.to_str()), "meta": self.bpe.meta} if self.bpe else None}
+                "bpe": {"tokenizer": json.loads(self.bpe.tok.to_str()), "meta": self.bpe.meta} if self.bpe else None,
+                "vocoder": vocoder_section(self.vocoder) if self.vocoder is not None else None}
 
     def save(self, directory) -> Path:
         """Write a model directory loadable with ``speechtok.load(directory)``."""
@@ -151,6 +218,8 @@ class UnitTokenizer(BaseTokenizer):
 
         state = {"centroids": self.centroids}
         state.update({f"extractor.{k}": v for k, v in extractor_state(self.extractor).items()})
+        if self.vocoder is not None:
+            state.update({f"vocoder.{k}": v for k, v in self.vocoder.state_dict().items()})
         return save_model_dir(directory, kind="units", name=self.name, config=self.config_dict(), state_dict=state)
 
 
@@ -178,4 +247,37 @@ def load_units_dir(directory: Path, meta: dict, device: str = "cpu") -> UnitToke
         from speechtok.bpe import UnitBPE
 
         tok.set_bpe(UnitBPE(hf.Tokenizer.from_str(json.dumps(cfg["bpe"]["tokenizer"])), cfg["bpe"]["meta"]))
+    if cfg.get("vocoder"):
+        try:
+            tok.set_vocoder(load_vocoder_section(directory, cfg["vocoder"], state))
+        except FeatureError as e:
+            raise ModelLoadError(f"{directory}: {e}") from e
     return tok.to(device)
+
+
+def vocoder_section(vocoder) -> dict:
+    """The ``vocoder`` section of a units ``config.json``."""
+    from .vocoder import VOCODER_VERSION
+
+    return {"version": VOCODER_VERSION, "config": vocoder.config.to_dict(), "weights_hash": vocoder.weights_hash()}
+
+
+def load_vocoder_section(directory, section: dict, state: dict):
+    """Rebuild the vocoder of a units directory from its ``config.json`` section + ``vocoder.*`` tensors."""
+    from speechtok.registry import ModelLoadError
+
+    from .vocoder import VOCODER_VERSION, UnitVocoderConfig, VocoderError, build_vocoder
+
+    if int(section.get("version", -1)) > VOCODER_VERSION:
+        raise ModelLoadError(f"{directory}: vocoder version {section.get('version')} is newer than supported "
+                             f"({VOCODER_VERSION}); upgrade speechtok")
+    try:
+        voc = build_vocoder(UnitVocoderConfig.from_dict(section["config"]))
+        vstate = {k[len("vocoder."):]: v for k, v in state.items() if k.startswith("vocoder.")}
+        missing, unexpected = voc.load_state_dict(vstate, strict=False)
+        if missing or unexpected:
+            raise VocoderError(f"vocoder tensors do not match its config (missing {missing[:4]}, "
+                               f"unexpected {unexpected[:4]})")
+    except (KeyError, TypeError, VocoderError) as e:
+        raise ModelLoadError(f"{directory}: invalid vocoder ({type(e).__name__}: {e})") from e
+    return voc

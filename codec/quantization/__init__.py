@@ -16,7 +16,18 @@ from .policy import DeadCodePolicy, KMeansInit
 from .residual import ResidualVQ, SplitResidualVQ
 from .vq import QuantizerOutput, VectorQuantizer
 
+
+def restart_initialization(module) -> int:
+    """Re-arm the initialisation (k-means) of every codebook inside ``module``; returns how many."""
+    from .codebook import _Codebook
+
+    books = [m for m in module.modules() if isinstance(m, _Codebook)]
+    for b in books:
+        b.restart_initialization()
+    return len(books)
+
 __all__ = [
+    "restart_initialization",
     "DeadCodePolicy",
     "EuclideanCodebook",
     "FactorizedCodebook",

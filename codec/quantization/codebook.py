@@ -191,6 +191,17 @@ class _Codebook(nn.Module):
                 self.initialized.fill_(1.0)
         self._finish_init()
 
+    def restart_initialization(self) -> None:
+        """Forget the initialisation: the next training batch(es) initialise the codes again
+        (k-means on the inputs of that time, when enabled). For a schedule that trains the
+        autoencoder first and starts quantizing once its latents carry information."""
+        with torch.no_grad():
+            self.initialized.fill_(0.0)
+        self._init_done = False
+        self._usage_ready = False
+        self._pool, self._pool_batches = [], 0
+        self.window_usage.zero_()
+
     def _finish_init(self) -> None:
         dist = _distributed()
         if dist is not None:  # rank 0's codes win (random init may differ between ranks)

@@ -157,6 +157,10 @@ class TrainConfig:
         seed: seeds parameters, crops and data order (exact resume depends on it).
         quantize_prob: probability that a training item is quantized (Mimi trains with 0.5: the
             rest pass the continuous latent to the decoder); 1.0 always quantizes.
+        quantize_start_step: train as an autoencoder (the decoder gets the continuous latent)
+            before this step; at it every codebook is initialised again (k-means on the latents
+            of that time), so the codes start from informative latents rather than those of a
+            random encoder. 0: quantize from the start.
         quantizer_dropout: probability that an item uses a random number of codebooks.
         quantizer_options: more training-only `QuantizerConfig` fields (``decay``,
             ``dead_code``, ``kmeans_init``, ``commitment_weight``, ...).
@@ -175,6 +179,7 @@ class TrainConfig:
     steps: int = 1000
     seed: int = 0
     quantize_prob: float = 1.0
+    quantize_start_step: int = 0
     quantizer_dropout: float = 0.0
     quantizer_options: dict = field(default_factory=dict)
     log_every: int = 10
@@ -194,6 +199,8 @@ class TrainConfig:
                                    f"{self.quantize_prob}, {self.quantizer_dropout}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise TrainConfigError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
+        if self.quantize_start_step < 0:
+            raise TrainConfigError(f"quantize_start_step must be >= 0, got {self.quantize_start_step}")
         if self.steps < 0 or self.checkpoint_every < 0 or self.keep_checkpoints < 1:
             raise TrainConfigError("steps and checkpoint_every must be >= 0 and keep_checkpoints >= 1")
 

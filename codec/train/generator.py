@@ -17,14 +17,24 @@ from ..distill import DistillHead
 
 def build_generator(model_cfg: dict, quantizer_options: Optional[dict] = None):
     """The codec (``speechtok.codec.build.build_codec``) from a config mapping, with training-only
-    quantizer options (``dropout``, ``decay``, ``dead_code``, ...); returns (model, CodecConfig)."""
+    quantizer options (``dropout``, ``decay``, ``dead_code``, ...); returns (model, CodecConfig).
+    Architecture options given here (``kind``, ``lookup``, ``codebook_dim``) are moved into the
+    codec config (``quantizer.topology``/``lookup``/``lookup_dim``) so an exported model rebuilds."""
     from ..build import build_codec, quantizer_config
     from ..config import config_from_dict
     from ..quantization import QuantizerConfig
 
-    cfg = config_from_dict(model_cfg or {"preset": "tiny"})
+    opts = dict(quantizer_options or {})
+    # options that change the architecture belong to the codec config (so exported models rebuild)
+    arch = {"topology": opts.pop("kind", None), "lookup": opts.pop("lookup", None),
+            "lookup_dim": opts.pop("codebook_dim", None)}
+    model_cfg = dict(model_cfg or {"preset": "tiny"})
+    if any(v is not None for v in arch.values()):
+        model_cfg["quantizer"] = {**dict(model_cfg.get("quantizer") or {}),
+                                  **{k: v for k, v in arch.items() if v is not None}}
+    cfg = config_from_dict(model_cfg)
     base = quantizer_config(cfg)
-    qcfg = QuantizerConfig.from_dict({**base.to_dict(), **(quantizer_options or {})})
+    qcfg = QuantizerConfig.from_dict({**base.to_dict(), **opts})
     return build_codec(cfg, quantizer=qcfg), cfg
 
 
@@ -70,7 +80,10 @@ class GeneratorStep(torch.nn.Module):
             q = m.quantizer(z, mask)
             keep = torch.rand(z.shape[0], device=z.device) < self.quantize_prob
             y = m.decode_latent(torch.where(keep[:, None, None], q.x, z))
-            out = GeneratorOutput(y, q.penalty, dict(q.metrics), None)
+            # no quantized item (autoencoder warm-up): no commitment pull either, or the
+            # quantizer's input projection, which then gets no other gradient, shrinks to a point
+            penalty = q.penalty if self.quantize_prob > 0 else None
+            out = GeneratorOutput(y, penalty, dict(q.metrics), None)
             sem = getattr(q, "semantic", None)
         else:
             o = m(x, lengths=lengths) if self._takes_lengths else m(x)

@@ -106,7 +106,8 @@ class CodecTrainer:
         self.head = None
         if self.teacher is not None:
             self.head = DistillHead(in_dim=self._semantic_dim(), teacher_dim=int(self.teacher.dim)).to(dev)
-        self.step_module = GeneratorStep(self.generator, self.head, cfg.quantize_prob).train()
+        self.step_module = GeneratorStep(self.generator, self.head,
+                                         0.0 if cfg.quantize_start_step else cfg.quantize_prob).train()
         oc = cfg.optim
         self.opt_g = torch.optim.AdamW(self.step_module.parameters(), lr=oc.lr, betas=oc.betas,
                                        weight_decay=oc.weight_decay)
@@ -216,6 +217,7 @@ class CodecTrainer:
             for g in self.opt_d.param_groups:
                 g["lr"] = self.lr_at(step, cfg.optim.disc_lr)
         batch = batch.to(self.ctx.device)
+        self._quantize_schedule(step)
         y, lengths = batch.audio, batch.lengths
         pad = (-y.shape[-1]) % self.hop  # the codec takes whole frames
         if pad:
@@ -271,6 +273,16 @@ class CodecTrainer:
                            if torch.is_tensor(v) and v.numel() == 1})
             values["lr"] = self.opt_g.param_groups[0]["lr"]
         return StepResult(self.state.step, values)
+
+    def _quantize_schedule(self, step: int) -> None:
+        """Autoencoder warm-up: no quantization before ``quantize_start_step``; at that step the
+        codebooks are initialised again from the current latents."""
+        start = self.cfg.quantize_start_step
+        self.step_module.quantize_prob = 0.0 if step < start else float(self.cfg.quantize_prob)
+        if start and step == start:
+            from ..quantization import restart_initialization
+
+            restart_initialization(self.generator)
 
     def fit(self, steps: Optional[int] = None) -> list[StepResult]:
         """Train until ``steps`` (default ``cfg.steps``) total steps; returns this call's results."""

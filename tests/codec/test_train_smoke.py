@@ -237,3 +237,78 @@ def test_speechtokenizer_topology_distills_into_rvq_level1(tmp_path, one_thread)
     assert isinstance(trainer.generator.quantizer, ResidualVQ) and trainer.head is not None
     results = trainer.fit()
     assert all(np.isfinite(r.losses["distill"]) and r.losses["distill"] > 0 for r in results)
+    _assert_export_rebuilds(trainer, tmp_path / "st")
+
+
+def _assert_export_rebuilds(trainer, directory):
+    """The exported model directory rebuilds the trained architecture and encodes as the trainer's codec."""
+    import speechtok
+
+    tok = speechtok.load(trainer.export(directory))
+    assert tok.cfg == trainer.codec_config
+    wav = torch.randn(1, 1, 4 * tok.hop_length)
+    trainer.generator.eval()
+    with torch.no_grad():
+        ref = trainer.generator.encode(wav)
+    assert torch.equal(tok.encode(wav, sample_rate=tok.sample_rate).codes, ref)
+    return tok
+
+
+def test_factorized_lookup_exports_and_reloads(tmp_path, one_thread):
+    from speechtok.codec.quantization.codebook import FactorizedCodebook
+
+    cfg = tiny_config(make_corpus(tmp_path / "data"), steps=2,
+                      quantizer_options={"lookup": "factorized", "codebook_dim": 4})
+    trainer = CodecTrainer(cfg, tmp_path / "run")
+    trainer.fit()
+    assert trainer.codec_config.quantizer.lookup == "factorized"
+    tok = _assert_export_rebuilds(trainer, tmp_path / "m")
+    books = [m for m in tok.model.modules() if isinstance(m, FactorizedCodebook)]
+    assert books and all(b.dim == 4 for b in books)
+
+
+def test_autoencoder_warmup_then_kmeans_on_current_latents(tmp_path, one_thread, monkeypatch):
+    """Before ``quantize_start_step`` the decoder gets the continuous latent; at it every codebook
+    runs k-means again, on the latents of that step; a resume across the switch is exact."""
+    from speechtok.codec.quantization import codebook as cb
+
+    calls = []
+    real = cb.kmeans
+
+    def spy(data, *a, **k):
+        calls.append(data.clone())
+        return real(data, *a, **k)
+
+    monkeypatch.setattr(cb, "kmeans", spy)
+    cfg = tiny_config(make_corpus(tmp_path / "data"), steps=5, checkpoint_every=1, quantize_start_step=3,
+                      quantize_prob=1.0, quantizer_dropout=0.0)
+    trainer = CodecTrainer(cfg, tmp_path / "a")
+    n_books = trainer.generator.cfg.quantizer.n_q
+    seen = []
+    orig = trainer.step_module.forward
+
+    def record(x, lengths):
+        seen.append(trainer.step_module.quantize_prob)
+        return orig(x, lengths)
+
+    trainer.step_module.forward = record
+    straight = trainer.fit()
+    assert seen == [0.0, 0.0, 0.0, 1.0, 1.0]
+    # no commitment pull while nothing is quantized (it would shrink the unused input projection)
+    assert ["penalty" in r.losses for r in straight] == [False, False, False, True, True]
+    # k-means at step 1 (first batch) and again at step 4 (the switch), once per codebook
+    assert len(calls) == 2 * n_books
+    assert not torch.equal(calls[0], calls[n_books])  # re-initialised from other (trained) latents
+    # resume from step 3 (just before the switch) continues identically
+    monkeypatch.setattr(cb, "kmeans", real)
+    import shutil
+
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for d in (tmp_path / "b" / "checkpoints").iterdir():
+        if d.name.startswith("step-") and int(d.name.split("-")[1]) > 3:
+            shutil.rmtree(d)
+    (tmp_path / "b" / "checkpoints" / "latest").write_text("step-00000003")
+    resumed = CodecTrainer(cfg, tmp_path / "b")
+    assert resumed.state.step == 3
+    out = resumed.fit()
+    assert [r.losses["total"] for r in out] == [r.losses["total"] for r in straight[3:]]
