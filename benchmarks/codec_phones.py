@@ -61,7 +61,12 @@ def codebook_phone_scores(tok, items: list[dict], skip_silence: bool = True) -> 
             codes_per_k[k].append(c[k][keep])
         labels.append(lab[keep])
     lab = np.concatenate(labels)
-    return [dict(pnmi_purity(lab, np.concatenate(ck)), codebook=k) for k, ck in enumerate(codes_per_k)]
+    out = []
+    for k, ck in enumerate(codes_per_k):
+        c = np.concatenate(ck)
+        p = np.unique(c, return_counts=True)[1] / len(c)
+        out.append(dict(pnmi_purity(lab, c), codebook=k, entropy_bits=float(-(p * np.log2(p)).sum())))
+    return out
 
 
 def main(argv=None) -> int:
@@ -82,11 +87,13 @@ def main(argv=None) -> int:
     cmd = "python -m speechtok.benchmarks.codec_phones " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     lines = [f"# Phone information per codebook ({len(items)} utterances, silence frames left out)\n",
              f"Command: `{cmd}`\n",
-             "| model | codebook | codes used | PNMI | phone purity | cluster purity |", "|---|---|---|---|---|---|"]
+             "| model | codebook | codes used | entropy bits | PNMI | phone purity | cluster purity |",
+             "|---|---|---|---|---|---|---|"]
     for m in a.models:
         tok = speechtok.load(m)
         for s in codebook_phone_scores(tok, items)[: a.codebooks]:
-            lines.append(f"| {getattr(tok, 'model_id', m)} | {s['codebook']} | {s['units_used']} | {s['pnmi']:.3f} | "
+            lines.append(f"| {getattr(tok, 'model_id', m)} | {s['codebook']} | {s['units_used']} | {s['entropy_bits']:.2f} | "
+                         f"{s['pnmi']:.3f} | "
                          f"{s['phone_purity']:.3f} | {s['cluster_purity']:.3f} |")
             print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
