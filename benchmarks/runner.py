@@ -298,9 +298,11 @@ def run_benchmark(tokenizers: Sequence[Any], data: str, config: BenchConfig = Be
     rows = []
     for spec in tokenizers:
         tok = speechtok.load(spec, device=config.device) if isinstance(spec, (str, Path)) else spec
-        name = str(spec) if isinstance(spec, (str, Path)) else getattr(tok, "name", tok.model_id)
-        rows.extend(bench_tokenizer(tok, Path(name).name if Path(name).exists() else name, utts, config,
-                                    transcripts))
+        if isinstance(spec, (str, Path)) and not Path(spec).exists():
+            name = str(spec)  # a built-in name
+        else:  # a directory or an object: the model's own name (a folder may be called just "model")
+            name = getattr(tok, "name", None) or (Path(spec).name if isinstance(spec, (str, Path)) else tok.model_id)
+        rows.extend(bench_tokenizer(tok, name, utts, config, transcripts))
     env = {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
            "cpu_threads": torch.get_num_threads(),
            "gpu": torch.cuda.get_device_name() if str(config.device).startswith("cuda") else None}

@@ -18,7 +18,7 @@ def test_help_and_models():
     r = run("--help")
     assert r.exit_code == 0 and "encode" in r.output and "decode" in r.output
     r = run("models")
-    assert r.exit_code == 0 and "mulaw-16k" in r.output
+    assert r.exit_code == 0 and "mulaw-16k" in r.output and "speechtok-16k-50hz (default)" in r.output
 
 
 def test_encode_mirrors_tree_resumes_and_forces(audio_dir, tmp_path):

@@ -56,14 +56,16 @@ class BuiltinModel:
 # The built-in registry is data: name -> shipped directory. DEFAULT_MODEL is what load() and
 # the CLI use when no model is named.
 BUILTINS: dict[str, BuiltinModel] = {
+    "speechtok-16k-50hz": BuiltinModel("speechtok-16k-50hz", "streaming causal codec, 16 kHz, 50 Hz, 8 x 1024 "
+                                                             "codebooks (0.5-4 kbit/s), semantic codebook "
+                                                             "distilled from Whisper-base; CPU-trained"),
     "mulaw-16k": BuiltinModel("mulaw-16k", "8-bit mu-law at 16 kHz (128 kbit/s): a weightless "
                                            "reference tokenizer, one codebook of 256 (no neural codec)"),
     "units-mfcc500-16k": BuiltinModel("units-mfcc500-16k", "MFCC k-means units (K=500, 100 Hz, 0.9 kbit/s) "
                                                            "with a unit vocoder; needs no pretrained weights"),
 }
-# No trained codec ships yet (see the codec training issue); until one does there is no default,
-# rather than a placeholder: load() without a name says so.
-DEFAULT_MODEL: Optional[str] = None
+# The default: the codec trained by the codec-training issue (model card in its directory).
+DEFAULT_MODEL: Optional[str] = "speechtok-16k-50hz"
 
 
 def register_loader(kind: str, target: str) -> None:
