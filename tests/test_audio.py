@@ -80,6 +80,16 @@ def test_atomic_output_has_usual_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "x.bin").stat().st_mode & 0o777 == 0o666 & ~mask
+    # also for writers that recreate the file (safetensors writes codes files that way)
+    import torch
+
+    from speechtok.codes import Codes
+    from speechtok.codesfile import save_codes
+
+    codes = Codes.from_tensor(torch.zeros(1, 1, 3, dtype=torch.long), torch.tensor([3]), frame_rate=50.0,
+                              codebook_sizes=(4,), sample_rate=16000, model_id="m@0")
+    save_codes(tmp_path / "c.stok", codes)
+    assert (tmp_path / "c.stok").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_killed_writer_leaves_no_partial_output(tmp_path):

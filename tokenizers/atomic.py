@@ -33,9 +33,11 @@ def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=suffix or path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, _default_mode())  # mkstemp makes 0600 files; outputs get the usual permissions
+    mode = _default_mode()
+    os.chmod(tmp, mode)  # mkstemp makes 0600 files; outputs get the usual permissions
     try:
         yield tmp
+        os.chmod(tmp, mode)  # again: some writers (safetensors) recreate the file as 0600
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
