@@ -25,21 +25,16 @@ from .units_eval import SIL, frame_labels, pnmi_purity, read_phones
 def phone_items(manifest: str, speakers: set[str] | None, max_utts: int) -> list[dict]:
     """Manifest records with a ``phones`` alignment (and, if given, one of ``speakers``), round-robin
     over speakers so every voice is represented."""
+    from .runner import _round_robin
+
     base = Path(manifest).resolve().parent
-    by_spk: dict[str, list[dict]] = {}
+    recs = []
     for line in Path(manifest).read_text().splitlines():
-        if not line.strip():
-            continue
-        r = json.loads(line)
-        if r.get("phones") and (not speakers or r.get("speaker") in speakers):
-            r = dict(r, audio=str(base / r["audio"]), phones=str(base / r["phones"]))
-            by_spk.setdefault(str(r.get("speaker")), []).append(r)
-    out, i = [], 0
-    queues = [by_spk[k] for k in sorted(by_spk)]
-    while len(out) < max_utts and any(i < len(q) for q in queues):
-        out.extend(q[i] for q in queues if i < len(q))
-        i += 1
-    return out[:max_utts]
+        if line.strip():
+            r = json.loads(line)
+            if r.get("phones") and (not speakers or r.get("speaker") in speakers):
+                recs.append(dict(r, audio=str(base / r["audio"]), phones=str(base / r["phones"])))
+    return _round_robin(recs, "speaker")[:max_utts]
 
 
 @torch.inference_mode()

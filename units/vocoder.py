@@ -14,7 +14,6 @@ is attached to a tokenizer or loaded with one.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -148,11 +147,10 @@ class UnitVocoder(nn.Module):
         return y * smask[:, None, :]
 
     def weights_hash(self) -> str:
-        h = hashlib.sha256()
-        for k, v in sorted(self.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()
+        """sha256 of the weights (the codec's content hash of a state dict)."""
+        from speechtok.codec.tokenizer import state_dict_sha256
+
+        return state_dict_sha256(self.state_dict())
 
 
 def default_ratios(hop: int) -> tuple[int, ...]:

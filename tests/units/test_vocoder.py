@@ -233,36 +233,22 @@ def test_cli_train_vocoder(trained, tmp_path):
     assert res.exit_code != 0 and "n_units" in res.output and "Traceback" not in res.output
 
 
-def test_benchmark_scores_resynthesis(trained, speech, tmp_path):
+def test_general_benchmark_scores_unit_resynthesis(trained, speech, tmp_path):
+    """`speechtok bench` (the one runner for every tokenizer) decodes units through the vocoder."""
+    import math
+
     import soundfile as sf
 
-    from speechtok.benchmarks.units_vocoder import dev_utterances, evaluate, markdown
+    from speechtok.benchmarks.runner import BenchConfig, run_benchmark
 
     root, run, _ = trained
     sf.write(str(tmp_path / "a.wav"), speech[0].numpy(), 16000)
-    sf.write(str(tmp_path / "b.wav"), speech[0, :8000].numpy(), 16000)
-    rows = [{"id": "a", "audio": "a.wav", "text": "one two three", "speaker": "dev1"},
-            {"id": "b", "audio": "b.wav", "text": None, "speaker": "dev1"},
-            {"id": "c", "audio": "a.wav", "text": "x", "speaker": "train"}]
-    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    items = dev_utterances(tmp_path / "m.jsonl", ["dev1"])
-    assert [i.id for i in items] == ["a", "b"]
-
-    originals = [speech[0], speech[0, :8000]]
-
-    class FakeASR:  # understands the original recordings only
-        sample_rate, name = 16000, "fake"
-
-        def transcribe(self, audio):
-            known = any(o.shape == audio.shape and torch.allclose(o, audio, atol=1e-3) for o in originals)
-            return "one two three" if known else "one"
-
-    res = evaluate(speechtok.load(run.export_dir), items, FakeASR())
-    s = res.summary()
-    assert s["utterances"] == 2 and s["wer_original"] == 0.0 and s["mel"] > 0
-    assert 0 < s["wer_resynth"] <= 1.0 and s["bitrate"] > 0
-    text = markdown(res, "python -m speechtok.benchmarks.units_vocoder --tokenizer X")
-    assert "| resynthesis |" in text and "--tokenizer X" in text
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "a", "audio": "a.wav", "text": None, "speaker": "dev1",
+                                                  "source": "dev"}) + "\n")
+    tok = speechtok.load(run.export_dir)
+    (row,) = run_benchmark([tok], str(tmp_path / "m.jsonl"), BenchConfig(max_items=1, asr=None, intrusive=False)).rows
+    assert row.num_codebooks == 1 and row.bitrate > 0
+    assert row.mel_distance > 0 and math.isfinite(row.si_sdr) and math.isfinite(row.decode_rtf)
 
 
 def test_training_resumes_exactly(trained, tmp_path):
