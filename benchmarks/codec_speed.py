@@ -6,7 +6,9 @@ Measures, on the same real speech (LJSpeech from ``shared/``, else the shipped s
    ``transformers.MimiModel`` (Mimi's published default config, random weights with random
    codebooks; both load the same ``save_pretrained`` directory), and that codes are identical;
 2. streaming step latency for one 80 ms frame (encode + decode) on one thread;
-3. peak RSS of a subprocess encoding a 1-hour file (real speech tiled) block by block.
+3. peak RSS of a subprocess encoding a 1-hour file (real speech tiled) the way ``speechtok encode``
+   does (`speechtok.files.encode_files`: encode-only load, the file streamed from disk);
+4. the one-frame step of the shipped default model, and the memory-bandwidth floor of a step.
 
     python -m speechtok.benchmarks.codec_speed [--seconds 20] [--threads 2] [--hour-minutes 60]
 
@@ -123,12 +125,40 @@ def step_latency(tok, steps: int = 60, warmup: int = 10) -> dict:
                     enc.append(t1 - t0)
                     dec.append(t2 - t1)
         tot = [a + b for a, b in zip(enc, dec)]
+        floor = step_memory_floor(tok)
         q = lambda v, p: sorted(v)[min(len(v) - 1, int(p * len(v)))] * 1000  # noqa: E731
         return {"encode_ms_median": statistics.median(enc) * 1000, "decode_ms_median": statistics.median(dec) * 1000,
                 "step_ms_median": statistics.median(tot) * 1000, "step_ms_p95": q(tot, 0.95),
-                "frame_ms": 1000 / tok.frame_rate}
+                "frame_ms": 1000 / tok.frame_rate, **floor}
     finally:
         torch.set_num_threads(threads)
+
+
+def read_bandwidth_gbs(mib: int = 512, repeats: int = 5) -> float:
+    """Single-thread memory read bandwidth (GB/s): best of ``repeats`` sums over ``mib`` MiB
+    (larger than the caches a step's weights could stay in)."""
+    a = torch.ones(mib * 2**20 // 4)
+    best = min(_timed(a.sum) for _ in range(repeats))
+    return a.numel() * 4 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def step_memory_floor(tok) -> dict:
+    """What a one-frame step must read at least: every weight of the model once (batch 1: each
+    matrix product is a matrix-vector product) plus the codebook tables searched, against the
+    measured single-thread read bandwidth: the latency floor of fp32 weights on this machine."""
+    m = tok.model
+    weights = sum(p.numel() * p.element_size() for p in m.parameters())
+    tables = sum(cb.codebook_size * cb.dim * 4 for cb in m.quantizer.modules()
+                 if hasattr(cb, "codebook_size") and hasattr(cb, "dim") and hasattr(cb, "_lookup"))
+    bw = read_bandwidth_gbs()
+    mb = (weights + tables) / 1e6
+    return {"bytes_per_step_mb": mb, "read_gbs": bw, "floor_ms": mb / 1e3 / bw * 1000}
 
 
 def peak_rss_mib() -> float:
@@ -144,30 +174,30 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def rss_worker(model_dir: str, wav_path: str, block_seconds: float, threads: int) -> None:
-    """Subprocess: encode a long file block by block through a stream; print JSON with peak RSS."""
+def rss_worker(model_dir: str, wav_path: str, threads: int) -> None:
+    """Subprocess: encode a long file the way ``speechtok encode`` does (`encode_files`: encode-only
+    load, the file streamed from disk in blocks); print JSON with peak RSS."""
     import soundfile as sf
 
     import speechtok
+    from speechtok.codesfile import load_codes
+    from speechtok.files import encode_files
 
     torch.set_num_threads(threads)
-    tok = speechtok.load(model_dir)
+    rss_import = peak_rss_mib()  # torch, speechtok and their libraries, before any model
+    tok = speechtok.load(model_dir, encoder_only=True)  # what encode_files / the CLI load
     _ = tok.model_id
     rss_loaded = peak_rss_mib()
     info = sf.info(wav_path)
-    if info.samplerate != tok.sample_rate:
-        raise SystemExit(f"{wav_path}: rate {info.samplerate} != model rate {tok.sample_rate}")
+    out = Path(wav_path).with_suffix(".stok")
     t = time.perf_counter()
-    frames = []
-    block = int(block_seconds * tok.sample_rate) // tok.hop_length * tok.hop_length
-    with tok.stream(1) as s:
-        for data in sf.blocks(wav_path, blocksize=block, dtype="float32", always_2d=True):
-            frames.append(s.encode(torch.from_numpy(data.T.copy())[None]))
-        frames.append(s.flush())
-    codes = torch.cat(frames, dim=-1)
+    report = encode_files([wav_path], out, tok, progress=False)
     elapsed = time.perf_counter() - t
-    print(json.dumps({"audio_seconds": info.frames / info.samplerate, "frames": codes.shape[-1],
-                      "encode_s": elapsed, "rss_after_load_mib": rss_loaded,
+    if not report.ok:
+        raise SystemExit(f"encode failed: {report.failed}")
+    codes = load_codes(out)
+    print(json.dumps({"audio_seconds": info.frames / info.samplerate, "frames": codes.codes.shape[-1],
+                      "encode_s": elapsed, "rss_after_import_mib": rss_import, "rss_after_load_mib": rss_loaded,
                       "peak_rss_mib": peak_rss_mib()}))
 
 
@@ -198,7 +228,7 @@ def main(argv=None) -> None:
     p.add_argument("--rss-worker", nargs=2, metavar=("MODEL_DIR", "WAV"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.rss_worker:
-        return rss_worker(args.rss_worker[0], args.rss_worker[1], 60.0, args.threads)
+        return rss_worker(args.rss_worker[0], args.rss_worker[1], args.threads)
 
     import speechtok
 
@@ -212,6 +242,9 @@ def main(argv=None) -> None:
         print("rtf", rtf, flush=True)
         lat = step_latency(tok)
         print("step", lat, flush=True)
+        default = speechtok.load()  # the shipped default model: its own one-frame step
+        lat_default = step_latency(default)
+        print("step default", lat_default, flush=True)
         del hf
         rss = rss_section(tmp / "mimi", args.hour_minutes, args.threads, tmp) if args.hour_minutes > 0 else None
         print("rss", rss, flush=True)
@@ -233,12 +266,26 @@ def main(argv=None) -> None:
         f"One frame = {lat['frame_ms']:.0f} ms of audio. Encode {lat['encode_ms_median']:.2f} ms + decode "
         f"{lat['decode_ms_median']:.2f} ms; step median **{lat['step_ms_median']:.2f} ms**, p95 "
         f"{lat['step_ms_p95']:.2f} ms (target < 20 ms).",
+        "",
+        f"Floor for fp32 weights: a batch-1 step reads every weight once plus the codebook tables, "
+        f"{lat['bytes_per_step_mb']:.0f} MB; at this machine's measured single-thread read bandwidth "
+        f"({lat['read_gbs']:.1f} GB/s, a 512 MiB sum) that alone takes **{lat['floor_ms']:.1f} ms**. "
+        "So < 20 ms per Mimi-size step is out of reach on one core here without smaller weights "
+        "(bf16/int8), which would change the codes.",
+        "",
+        f"The shipped default model (`{default.model_id}`, {1000 / default.frame_rate:.0f} ms frames): "
+        f"encode {lat_default['encode_ms_median']:.2f} ms + decode {lat_default['decode_ms_median']:.2f} ms; "
+        f"step median **{lat_default['step_ms_median']:.2f} ms**, p95 {lat_default['step_ms_p95']:.2f} ms "
+        f"(floor {lat_default['floor_ms']:.2f} ms).",
     ]
     if rss:
         lines += ["", "## 1-hour file, peak RSS", "",
-                  f"{rss['audio_seconds'] / 3600:.2f} h of real speech (tiled) read in 60 s blocks and streamed (the session runs 16-frame windows): "
-                  f"{rss['frames']} frames in {rss['encode_s']:.0f} s; peak RSS (VmHWM) after loading the model "
-                  f"{rss['rss_after_load_mib']:.0f} MiB, peak **{rss['peak_rss_mib']:.1f} MiB** (target < 1024 MiB)."]
+                  f"{rss['audio_seconds'] / 3600:.2f} h of real speech (tiled, 24 kHz WAV) encoded the way "
+                  "`speechtok encode long.wav -o out/` does it (`speechtok.files.encode_files`: the model loaded "
+                  "with `encoder_only=True`, the file streamed from disk in 30 s blocks through a codec stream): "
+                  f"{rss['frames']} frames in {rss['encode_s']:.0f} s; peak RSS (VmHWM) after the imports "
+                  f"{rss['rss_after_import_mib']:.0f} MiB, after loading the model {rss['rss_after_load_mib']:.0f} MiB, "
+                  f"peak **{rss['peak_rss_mib']:.1f} MiB** (target < 1024 MiB)."]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from speechtok.atomic import atomic_write_text
 

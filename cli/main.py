@@ -75,7 +75,7 @@ def encode(inputs, output, model, num_codebooks, device, batch_size, force, quie
     from speechtok.files import encode_files
     from speechtok.registry import load
 
-    tok = load(model, device=device)
+    tok = load(model, device=device, encoder_only=True)  # nothing is decoded: skip the decoder's weights
     _report(encode_files(inputs, output, tok, num_codebooks=num_codebooks, batch_size=batch_size,
                          force=force, progress=not quiet), "encoded")
 

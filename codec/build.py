@@ -22,13 +22,14 @@ def quantizer_config(cfg: CodecConfig, **overrides):
     return dataclasses.replace(base, **overrides) if overrides else base
 
 
-def build_codec(cfg: CodecConfig, quantizer: Optional[object] = None) -> CodecModel:
+def build_codec(cfg: CodecConfig, quantizer: Optional[object] = None, decoder: bool = True) -> CodecModel:
     """Build the codec ``cfg`` describes, randomly initialised.
 
     Args:
         cfg: the architecture.
         quantizer: a `QuantizerConfig` to use instead of `quantizer_config(cfg)` (it must agree
             with ``cfg.quantizer`` on sizes).
+        decoder: False builds the decoder half on the meta device (no memory; encode-only use).
     """
     from .quantization import build_quantizer
 
@@ -38,4 +39,4 @@ def build_codec(cfg: CodecConfig, quantizer: Optional[object] = None) -> CodecMo
     if (qcfg.kind, qcfg.n_q, qcfg.n_semantic, qcfg.codebook_size, qcfg.input_dim, qcfg.lookup, qcfg.codebook_dim) != \
             (want.kind, want.n_q, want.n_semantic, want.codebook_size, want.input_dim, want.lookup, want.codebook_dim):
         raise ValueError(f"quantizer config {qcfg} disagrees with codec config {q} (dimension {cfg.seanet.dimension})")
-    return CodecModel(cfg, build_quantizer(qcfg))
+    return CodecModel(cfg, build_quantizer(qcfg), decoder=decoder)

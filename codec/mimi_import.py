@@ -140,12 +140,13 @@ def hf_name_to_speechtok(name: str, d_model: int) -> tuple[str, slice | None]:
     return name, None
 
 
-def load_hf_mimi_dir(directory, meta: dict | None = None, device: str = "cpu"):
+def load_hf_mimi_dir(directory, meta: dict | None = None, device: str = "cpu", encoder_only: bool = False):
     """Registry loader (kind ``"hf-mimi"``): a HF Mimi directory -> `CodecTokenizer` named ``mimi``.
 
-    Weights are copied into the model one tensor at a time (peak memory: one model)."""
+    Weights are copied into the model one tensor at a time (peak memory: one model);
+    ``encoder_only`` skips the decoder's (about 40% of Mimi's weights)."""
     from .build import build_codec
-    from .tokenizer import CodecTokenizer, copy_safetensors_into
+    from .tokenizer import CodecTokenizer, copy_safetensors_into, model_to, state_dict_sha256
 
     directory = Path(directory)
     hf_cfg = (meta or {}).get("config")
@@ -156,9 +157,10 @@ def load_hf_mimi_dir(directory, meta: dict | None = None, device: str = "cpu"):
     except MimiImportError as e:
         raise MimiImportError(f"{directory / 'config.json'}: {e}") from e
     files = _weight_files(directory)
-    model = build_codec(cfg)
+    model = build_codec(cfg, decoder=not encoder_only)
     try:
-        copy_safetensors_into(model, files, lambda n: hf_name_to_speechtok(n, cfg.seanet.dimension))
+        deferred = copy_safetensors_into(model, files, lambda n: hf_name_to_speechtok(n, cfg.seanet.dimension))
+        weights_hash = state_dict_sha256(model.state_dict(), deferred) if deferred else None
     except ValueError as e:
         raise MimiImportError(f"{directory}: weights do not match the Mimi config: {e}") from e
-    return CodecTokenizer(model.to(device).eval(), name="mimi")
+    return CodecTokenizer(model_to(model, device).eval(), name="mimi", weights_hash=weights_hash)

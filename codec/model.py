@@ -11,6 +11,7 @@ or are dropped (fresh state): pad to a multiple of the hop first (`CodecTokenize
 """
 from __future__ import annotations
 
+from contextlib import nullcontext as _nullcontext
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -81,20 +82,31 @@ class CodecModel(nn.Module):
     """Mimi-style codec. Submodule names: ``encoder``, ``encoder_transformer``, ``downsample``,
     ``quantizer``, ``upsample``, ``decoder_transformer``, ``decoder`` (HF ``MimiModel`` names)."""
 
-    def __init__(self, cfg: CodecConfig, quantizer: nn.Module):
+    def __init__(self, cfg: CodecConfig, quantizer: nn.Module, decoder: bool = True):
         super().__init__()
         self.cfg = cfg
         D = cfg.seanet.dimension
+        self.has_decoder = decoder
+        # Without the decoder (encode-only use) its modules exist on the meta device: names, shapes
+        # and dtypes without memory, so state-dict names and the weights hash stay those of the model.
+        meta = torch.device("meta")
         self.encoder = SEANetEncoder(cfg.seanet)
         self.encoder_transformer = StreamingTransformer(cfg.transformer)
-        self.decoder_transformer = StreamingTransformer(cfg.transformer)
-        self.decoder = SEANetDecoder(cfg.seanet)
+        with meta if not decoder else _nullcontext():
+            self.decoder_transformer = StreamingTransformer(cfg.transformer)
+            self.decoder = SEANetDecoder(cfg.seanet)
         if cfg.frame_stride > 1:
             self.downsample = ConvDownsample(D, cfg.frame_stride)
-            self.upsample = ConvUpsample(D, cfg.frame_stride, cfg.upsample_groups)
+            with meta if not decoder else _nullcontext():
+                self.upsample = ConvUpsample(D, cfg.frame_stride, cfg.upsample_groups)
         else:
             self.downsample = self.upsample = None
         self.quantizer = quantizer
+
+    def _need_decoder(self) -> None:
+        if not self.has_decoder:
+            raise RuntimeError("this codec was loaded for encoding only (encoder_only=True): its decoder weights "
+                               "were not read; load it again without encoder_only to decode")
 
     @property
     def hop_length(self) -> int:
@@ -109,6 +121,7 @@ class CodecModel(nn.Module):
             downsample=None if self.downsample is None else self.downsample.init_state(batch_size, dev))
 
     def init_decoder_state(self, batch_size: int) -> DecoderState:
+        self._need_decoder()
         dev = next(self.parameters()).device
         return DecoderState(
             upsample=None if self.upsample is None else self.upsample.init_state(batch_size, dev),
@@ -128,6 +141,7 @@ class CodecModel(nn.Module):
 
     def decode_latent(self, z: torch.Tensor, state: Optional[DecoderState] = None) -> torch.Tensor:
         """Latent ``[B, D, T]`` -> audio ``[B, C, T * hop]``."""
+        self._need_decoder()
         if self.upsample is not None:
             z = self.upsample(z, None if state is None else state.upsample)
         z = self.decoder_transformer(z.transpose(1, 2), None if state is None else state.transformer).transpose(1, 2)
@@ -144,6 +158,7 @@ class CodecModel(nn.Module):
 
     def decode(self, codes: torch.Tensor, state: Optional[DecoderState] = None) -> torch.Tensor:
         """Codes ``[B, k, T]`` (``k <= K``, no -1) -> audio ``[B, C, T * hop]``."""
+        self._need_decoder()
         if codes.dim() != 3:
             raise ValueError(f"expected codes [B, K, T], got shape {tuple(codes.shape)}")
         if codes.shape[-1] == 0:

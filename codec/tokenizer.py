@@ -27,14 +27,31 @@ from .model import CodecModel
 from .streaming import CodecStream
 
 
-def state_dict_sha256(state_dict: dict) -> str:
-    """Content hash of a state dict (sorted names; name, dtype, shape and bytes of each tensor)."""
+def _hash_tensor(h, name: str, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+    if t.numel():
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # buffer protocol: no copy
+
+
+def state_dict_sha256(state_dict: dict, deferred: Optional[dict] = None) -> str:
+    """Content hash of a state dict (sorted names; name, dtype, shape and bytes of each tensor).
+
+    ``deferred`` (from `copy_safetensors_into`) gives the file locations of tensors left on the
+    meta device (an encode-only model's decoder): they are read one at a time, so the hash is the
+    full model's without holding its decoder in memory."""
     h = hashlib.sha256()
     for name in sorted(state_dict):
-        t = state_dict[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy())  # buffer protocol: no copy
+        t = state_dict[name]
+        if t.is_meta:
+            if deferred is None or name not in deferred:
+                raise ValueError(f"{name} is on the meta device and no file location is known for it")
+            buf = torch.empty(tuple(t.shape), dtype=t.dtype)
+            for path, base, entry, rows in deferred[name]:
+                with open(path, "rb") as f:
+                    _read_entry(f, path, base, name, entry, buf if rows is None else buf[rows])
+            t = buf
+        _hash_tensor(h, name, t)
     return h.hexdigest()
 
 
@@ -79,6 +96,37 @@ class CodecTokenizer(BaseTokenizer):
         """A streaming session (a context manager): ``with tok.stream(B) as s: s.encode(chunk)``."""
         return CodecStream(self.model, batch_size, n_q, window_frames=self.cfg.window_frames)
 
+    @property
+    def can_decode(self) -> bool:
+        return self.model.has_decoder
+
+    @torch.inference_mode()
+    def encode_file(self, path: Union[str, Path], num_codebooks: Optional[int] = None,
+                    block_seconds: float = 30.0) -> Codes:
+        """Encode an audio file of any length in bounded memory: read (and resample) it in blocks
+        of ``block_seconds`` and feed them through a stream. The codes equal ``encode`` of the
+        whole file (the stream is exact); memory does not grow with the file's duration.
+
+        Returns `Codes` ``[1, K, T]`` with ``audio_lengths`` set. Raises `AudioError` naming the file.
+        """
+        from speechtok.audio import iter_audio_blocks
+
+        parts, total = [], 0
+        with self.stream(1, num_codebooks) as s:
+            for block in iter_audio_blocks(path, self.sample_rate, mono=self.channels == 1,
+                                           block_seconds=block_seconds):
+                if block.shape[0] != self.channels:
+                    if block.shape[0] != 1:
+                        from speechtok.audio import AudioError
+
+                        raise AudioError(path, f"{block.shape[0]} channels; the model takes {self.channels}")
+                    block = block.expand(self.channels, -1)
+                total += block.shape[-1]
+                parts.append(s.encode(block[None]))
+            parts.append(s.flush())
+        lengths = torch.tensor([total])
+        return self.make_codes(torch.cat(parts, dim=-1).cpu(), self.num_frames(lengths), audio_lengths=lengths)
+
     # ------------------------------------------------------------------ offline
     def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
         """Frames of items of ``lengths`` samples: ``ceil(lengths / hop)``."""
@@ -114,27 +162,48 @@ class CodecTokenizer(BaseTokenizer):
         """Write a speechtok model directory (atomic); `speechtok.load(directory)` reads it back."""
         from speechtok.registry import save_model_dir
 
+        if not self.model.has_decoder:
+            raise RuntimeError(f"{self.name} was loaded for encoding only (encoder_only=True); "
+                               "load it in full to save it")
         return save_model_dir(directory, kind="codec", name=self.name, config=self.cfg.to_dict(),
                               state_dict=self.model.state_dict())
 
 
-def load_codec_dir(directory: Path, meta: dict, device: str = "cpu") -> CodecTokenizer:
-    """Registry loader for kind ``"codec"``: build from ``meta["config"]`` and load the weights."""
+def load_codec_dir(directory: Path, meta: dict, device: str = "cpu", encoder_only: bool = False) -> CodecTokenizer:
+    """Registry loader for kind ``"codec"``: build from ``meta["config"]`` and load the weights
+    (``encoder_only``: skip the decoder's; `CodecTokenizer.decode` then raises)."""
     from speechtok.registry import WEIGHTS_FILE, ModelLoadError
 
     try:
         cfg = config_from_dict(meta["config"])
     except (KeyError, TypeError, ValueError) as e:
         raise ModelLoadError(f"{Path(directory) / 'config.json'}: invalid codec config ({e})") from e
-    model = build_codec(cfg)
+    model = build_codec(cfg, decoder=not encoder_only)
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
         raise ModelLoadError(f"{directory}: missing weights file, expected {path}")
     try:
-        copy_safetensors_into(model, [path], lambda name: (name, None))
+        deferred = copy_safetensors_into(model, [path], lambda name: (name, None))
+        weights_hash = state_dict_sha256(model.state_dict(), deferred) if deferred else None
     except (ValueError, OSError) as e:
         raise ModelLoadError(f"{path}: weights do not fit the config ({e})") from e
-    return CodecTokenizer(model.to(device).eval(), name=meta.get("name") or cfg.name)
+    return CodecTokenizer(model_to(model, device).eval(), name=meta.get("name") or cfg.name,
+                          weights_hash=weights_hash)
+
+
+def model_to(model: CodecModel, device) -> CodecModel:
+    """``model.to(device)``. An encode-only model keeps its meta (decoder) tensors and has its
+    codebook tables frozen (`freeze_for_inference`: the EMA sums they come from are freed)."""
+    if model.has_decoder:
+        return model.to(device)
+    for name, child in model.named_children():
+        if child is not None and name not in ("decoder", "decoder_transformer", "upsample"):
+            child.to(device)
+    model.eval()
+    for m in model.quantizer.modules():
+        if hasattr(m, "freeze_for_inference"):
+            m.freeze_for_inference()
+    return model
 
 
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -158,16 +227,37 @@ def _safetensors_header(f) -> tuple[dict, int]:
     return header, 8 + n
 
 
-def copy_safetensors_into(model: torch.nn.Module, files: list, rename) -> None:
+def _read_entry(f, path, base: int, name: str, entry: dict, view: torch.Tensor) -> None:
+    """Read one safetensors ``entry`` (header item) into ``view`` (checked for dtype and shape)."""
+    shape, dtype = tuple(entry["shape"]), _ST_DTYPES.get(entry["dtype"])
+    if dtype is None or shape != tuple(view.shape):
+        raise ValueError(f"{name}: {entry['dtype']} {shape} does not fit {view.dtype} {tuple(view.shape)}")
+    start, end = entry["data_offsets"]
+    f.seek(base + start)
+    if dtype == view.dtype and view.is_contiguous() and view.device.type == "cpu" and view.numel():
+        got = f.readinto(memoryview(view.reshape(-1).view(torch.uint8).numpy()))
+    else:
+        buf = bytearray(end - start)
+        got = f.readinto(buf)
+        if view.numel():
+            view.copy_(torch.frombuffer(buf, dtype=dtype).reshape(shape))
+    if got != end - start:
+        raise ValueError(f"{path}: truncated data for {name}")
+
+
+def copy_safetensors_into(model: torch.nn.Module, files: list, rename) -> dict[str, list]:
     """Read weights from safetensors ``files`` straight into ``model``'s tensors, one at a time,
     with plain reads (no mmap: peak memory is the model, not the model plus the file).
 
     ``rename(name) -> (target_name, rows)`` maps a stored name to a state-dict entry and an
     optional ``slice`` of its first dimension (used to stack q/k/v into one projection), or
     ``(None, None)`` to skip. Raises ValueError naming missing, unexpected or misshapen tensors.
+    Targets on the meta device (an encode-only model's decoder) are shape-checked, not read;
+    the return value maps each of them to its file locations (for `state_dict_sha256`).
     """
     targets = model.state_dict(keep_vars=True)
     filled: dict[str, int] = {}
+    deferred: dict[str, list] = {}
     unexpected = []
     with torch.no_grad():
         for path in files:
@@ -185,21 +275,13 @@ def copy_safetensors_into(model: torch.nn.Module, files: list, rename) -> None:
                         continue
                     dst = targets[target].data
                     view = dst if rows is None else dst[rows]
-                    shape, dtype = tuple(entry["shape"]), _ST_DTYPES.get(entry["dtype"])
-                    if dtype is None or shape != tuple(view.shape):
-                        raise ValueError(f"{name}: {entry['dtype']} {shape} does not fit {target} "
-                                         f"{view.dtype} {tuple(view.shape)}")
-                    start, end = entry["data_offsets"]
-                    f.seek(base + start)
-                    if dtype == view.dtype and view.is_contiguous() and view.device.type == "cpu" and view.numel():
-                        got = f.readinto(memoryview(view.reshape(-1).view(torch.uint8).numpy()))
+                    if dst.is_meta:
+                        if tuple(entry["shape"]) != tuple(view.shape) or entry["dtype"] not in _ST_DTYPES:
+                            raise ValueError(f"{name}: {entry['dtype']} {tuple(entry['shape'])} does not fit "
+                                             f"{target} {tuple(view.shape)}")
+                        deferred.setdefault(target, []).append((path, base, entry, rows))
                     else:
-                        buf = bytearray(end - start)
-                        got = f.readinto(buf)
-                        if view.numel():
-                            view.copy_(torch.frombuffer(buf, dtype=dtype).reshape(shape))
-                    if got != end - start:
-                        raise ValueError(f"{path}: truncated data for {name}")
+                        _read_entry(f, path, base, name, entry, view)
                     filled[target] = filled.get(target, 0) + _rows(view)
     missing = [k for k, v in targets.items() if filled.get(k, 0) < _rows(v)]
     if missing or unexpected:
@@ -207,7 +289,8 @@ def copy_safetensors_into(model: torch.nn.Module, files: list, rename) -> None:
                          f"unexpected {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}")
     # Run the modules' load hooks (they drop caches derived from the old values); the tensors
     # alias the model's own, so this copies nothing new.
-    model.load_state_dict(model.state_dict(), strict=True)
+    model.load_state_dict({k: v for k, v in model.state_dict().items() if not v.is_meta}, strict=False)
+    return deferred
 
 
 def _rows(t: torch.Tensor) -> int:

@@ -13,7 +13,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 import torch
 
-from .audio import AudioError, is_audio_file, load_audio, save_audio
+from .audio import AudioError, audio_info, is_audio_file, load_audio, save_audio
 from .codesfile import EXTENSION, CodesFileError, load_codes, read_codes_metadata, save_codes
 
 PathLike = Union[str, os.PathLike]
@@ -69,18 +69,27 @@ def _chunks(seq: list, n: int) -> Iterable[list]:
         yield seq[i:i + max(1, n)]
 
 
+LONG_FILE_SECONDS = 120.0
+
+
 def encode_files(inputs: Sequence[PathLike], output: PathLike, tokenizer=None, num_codebooks: Optional[int] = None,
-                 batch_size: int = 8, force: bool = False, progress: bool = True) -> FilesReport:
+                 batch_size: int = 8, force: bool = False, progress: bool = True,
+                 long_file_seconds: float = LONG_FILE_SECONDS) -> FilesReport:
     """Encode audio files/directories to ``.stok`` codes files under ``output``.
 
     Args:
-        tokenizer: a speechtok tokenizer, or a model name/path for `speechtok.load` (None: default).
+        tokenizer: a speechtok tokenizer, or a model name/path for `speechtok.load` (None: default;
+            loaded with ``encoder_only=True``, as nothing is decoded).
         num_codebooks: keep the first k codebooks (lower bitrate).
         batch_size: files encoded together (padded with ``lengths``; results equal per-file ones).
+        long_file_seconds: files longer than this are encoded alone, streamed from disk in blocks
+            (`CodecTokenizer.encode_file`), so memory stays flat for hour-long files; same codes.
     """
     from .registry import load
 
-    tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)) else load(tokenizer)
+    tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)) \
+        else load(tokenizer, encoder_only=True)
+    streams = hasattr(tok, "encode_file")
     report = FilesReport()
     pairs = plan_outputs(inputs, output, is_audio_file, EXTENSION)
     todo = []
@@ -94,6 +103,14 @@ def encode_files(inputs: Sequence[PathLike], output: PathLike, tokenizer=None, n
         wavs, ok = [], []
         for src, dst in chunk:
             try:
+                if streams:
+                    frames, rate, _ = audio_info(src)
+                    if frames / rate > long_file_seconds:
+                        codes = tok.encode_file(src, num_codebooks=num_codebooks)
+                        save_codes(dst, codes, source=str(src))
+                        report.written.append(dst)
+                        bar.update(1)
+                        continue
                 w = load_audio(src, sample_rate=tok.sample_rate, mono=tok.channels == 1)[0]
                 if w.shape[0] != tok.channels:
                     if w.shape[0] != 1:

@@ -53,6 +53,14 @@ def load_item_audio(item: AudioItem, sample_rate: int, mono: bool = True):
     return resample(wav, sr, sample_rate)
 
 
+class LongFile:
+    """What `ShardEncoder.load` returns for a whole-file item too long to load: the codec streams it
+    from disk at encode time."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+
 class ShardEncoder:
     """Encodes the items of one shard with a tokenizer and commits the shard (used by every engine)."""
 
@@ -65,7 +73,18 @@ class ShardEncoder:
         self.codebook_sizes = meta["codebook_sizes"]
 
     def load(self, item: AudioItem):
+        if hasattr(self.tok, "encode_file") and item.start <= 0 and item.end is None:
+            from .audio import audio_info
+
+            frames, rate, _ = audio_info(item.path)
+            if frames / rate > self.config.long_file_seconds:
+                return LongFile(item.path)
         return load_item_audio(item, int(self.tok.sample_rate), self.mono)
+
+    def _encode_long(self, item: AudioItem, long: LongFile) -> EncodedItem:
+        c = self.tok.encode_file(long.path, num_codebooks=self.config.num_codebooks)
+        return EncodedItem(meta=item.to_json(), codes=c.codes[0].cpu(), audio_length=int(c.audio_lengths[0]),
+                           durations=None)
 
     def _batches(self, loaded: list[tuple[AudioItem, Any]]) -> Iterator[list[tuple[AudioItem, Any]]]:
         max_samples = self.config.batch_seconds * self.tok.sample_rate
@@ -103,8 +122,15 @@ class ShardEncoder:
         """Encode ``(item, wav [C, S] or exception)`` pairs of shard ``number`` and commit it."""
         errors = [{"id": it.id, "path": it.path, "error": f"{type(w).__name__}: {w}"}
                   for it, w in loaded if isinstance(w, BaseException)]
-        good = [(it, w) for it, w in loaded if not isinstance(w, BaseException)]
+        good = [(it, w) for it, w in loaded if not isinstance(w, (BaseException, LongFile))]
         results: dict[str, EncodedItem] = {}
+        for it, w in loaded:
+            if isinstance(w, LongFile):
+                try:
+                    results[it.id] = self._encode_long(it, w)
+                except Exception as e:
+                    log.warning("encode failed for %s: %s", it.path, e)
+                    errors.append({"id": it.id, "path": it.path, "error": f"{type(e).__name__}: {e}"})
         for batch in self._batches(good):
             try:
                 for r in self._encode_batch(batch):

@@ -51,6 +51,8 @@ class PreprocessConfig:
         num_codebooks: keep the first k codebooks (None: all).
         num_workers: background audio-loading threads.
         prefetch_items: items loaded ahead of the model.
+        long_file_seconds: whole-file items longer than this are not loaded whole: a codec
+            streams them from disk in blocks (`CodecTokenizer.encode_file`; same codes).
     """
 
     shard_items: int = 1000
@@ -60,6 +62,7 @@ class PreprocessConfig:
     num_codebooks: Optional[int] = None
     num_workers: int = 4
     prefetch_items: int = 256
+    long_file_seconds: float = 120.0
 
     def __post_init__(self):
         if self.shard_items < 1 or self.shard_seconds <= 0 or self.batch_seconds <= 0 or self.max_batch_size < 1:
@@ -202,8 +205,8 @@ def run_local(encoder: ShardEncoder, pending: Iterable[tuple[int, list[AudioItem
         stream = _prefetch(flat, encoder.load, pool, encoder.config.prefetch_items)
         for n, group in itertools.groupby(stream, key=lambda x: x[0]):
             loaded = [(it, w) for _, it, w in group]
-            encoder.encode_loaded(n, loaded)
-            secs = sum(w.shape[-1] for _, w in loaded if not isinstance(w, BaseException)) / encoder.tok.sample_rate
+            rec = encoder.encode_loaded(n, loaded)
+            secs = sum(it["audio_samples"] for it in rec["items"]) / encoder.tok.sample_rate
             done_secs += secs
             bar.update(secs)
     return done_secs
@@ -258,7 +261,7 @@ def preprocess(inputs: Any, output: Union[str, Path], model: Any = None, *, devi
     t0 = time.time()
     output = Path(output)
     if model is None or isinstance(model, (str, Path)):
-        tok = registry.load(model, device=device if engine == "local" else "cpu")
+        tok = registry.load(model, device=device if engine == "local" else "cpu", encoder_only=True)
         spec = str(model) if model is not None else str(registry.DEFAULT_MODEL)
         spec = str(Path(spec).resolve()) if Path(spec).exists() else spec
     else:

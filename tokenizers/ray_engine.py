@@ -35,7 +35,7 @@ class _ShardWorker:
         from .preprocessing import PreprocessConfig
         from .registry import load
 
-        tok = load(model, device=device) if isinstance(model, str) else model.to(device)
+        tok = load(model, device=device, encoder_only=True) if isinstance(model, str) else model.to(device)
         self.encoder = ShardEncoder(tok, Path(output), PreprocessConfig(**json.loads(config_json)))
 
     def __call__(self, row: dict) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -117,13 +118,17 @@ def read_model_config(directory: Path) -> dict:
     return check_format(meta, cfg_path, MODEL_FORMAT, MODEL_FORMAT_VERSION, ModelLoadError, "model config")
 
 
-def load(name_or_path: Optional[Union[str, os.PathLike]] = None, device: str = "cpu"):
+def load(name_or_path: Optional[Union[str, os.PathLike]] = None, device: str = "cpu", *,
+         encoder_only: bool = False):
     """Load a tokenizer from a built-in name or a model directory.
 
     Args:
         name_or_path: a name from `models()` (default: `DEFAULT_MODEL`) or a directory with
             ``config.json`` (+ ``model.safetensors``), including Hugging Face Mimi directories.
         device: torch device for the model.
+        encoder_only: for encode-only work (dataset preprocessing): skip reading the weights only
+            decoding needs, where the model kind supports it (codecs: the decoder, about 40% of
+            Mimi's memory). ``model_id`` is unchanged; ``decode`` then raises.
     """
     if name_or_path is None:
         if DEFAULT_MODEL is None:
@@ -142,8 +147,10 @@ def load(name_or_path: Optional[Union[str, os.PathLike]] = None, device: str = "
             raise ModelLoadError(f"{directory}: expected a model directory (config.json + model.safetensors), "
                                  "got a file")
     meta = read_model_config(directory)
-    tok = _resolve_loader(meta["kind"])(directory, meta, device)
-    return tok
+    loader = _resolve_loader(meta["kind"])
+    if encoder_only and "encoder_only" in inspect.signature(loader).parameters:
+        return loader(directory, meta, device, encoder_only=True)
+    return loader(directory, meta, device)
 
 
 def save_model_dir(directory: Union[str, os.PathLike], kind: str, name: str, config: dict,

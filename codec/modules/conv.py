@@ -88,18 +88,72 @@ class StreamingConv1d(nn.Module):
                 prev[first] = x[first, :, :1].expand(-1, -1, prev.shape[-1])
                 state.previous = prev
             first.zero_()
-        if state.previous.shape[-1] == self.context and x.shape[-1] >= 2 * self.kernel_eff \
+        total = state.previous.shape[-1] + x.shape[-1]
+        n = (total - self.kernel_eff) // self.stride + 1 if total >= self.kernel_eff else 0
+        path = self._cpu_path(x, n)
+        if path == "taps" and n > 0:
+            return self._taps(x, state, n)
+        if path is None and state.previous.shape[-1] == self.context and x.shape[-1] >= 2 * self.kernel_eff \
                 and x.shape[-1] % self.stride == 0:
             return self._aligned(x, state)
         xs = torch.cat([state.previous, x], dim=-1) if state.previous.shape[-1] else x
-        total = xs.shape[-1]
-        n = (total - self.kernel_eff) // self.stride + 1 if total >= self.kernel_eff else 0
         if n <= 0:
             state.previous = xs
             return xs.new_zeros(xs.shape[0], self.conv.out_channels, 0)
         used = (n - 1) * self.stride + self.kernel_eff
-        y = self.conv(xs[..., :used])
+        y = self._gemm(xs[..., :used], n) if path == "gemm" else self.conv(xs[..., :used])
         state.previous = xs[..., n * self.stride:].contiguous()
+        return y
+
+    # CPU inference paths (same sums as the convolution, float rounding aside): oneDNN's direct
+    # convolution is slow for 1 input channel, few output channels, strided wide kernels and
+    # short low-rate inputs; there an explicit GEMM is 2-4x faster (benchmarks/codec_speed.py).
+    def _cpu_path(self, x: torch.Tensor, n: int) -> Optional[str]:
+        """``"gemm"`` (unfold + matmul), ``"taps"`` (one matmul for all taps, shifted sums) or
+        None (``F.conv1d``). Only without autograd on CPU, so training numerics are unchanged."""
+        c = self.conv
+        if x.device.type != "cpu" or torch.is_grad_enabled() or c.groups != 1 or c.dilation[0] != 1:
+            return None
+        width = c.in_channels * c.kernel_size[0]
+        if self.stride == 1 and c.out_channels <= 4 and c.kernel_size[0] > 1:
+            return "taps"
+        if c.in_channels == 1 or (self.stride > 1 and width >= 1024) or (self.stride == 1 and n <= 8 and width >= 2048):
+            return "gemm"
+        return None
+
+    def _gemm(self, xs: torch.Tensor, n: int) -> torch.Tensor:
+        """``xs`` ``[B, C_in, (n - 1) * stride + kernel]`` -> ``[B, C_out, n]`` as
+        ``weight [C_out, C_in * k] @ patches [B, C_in * k, n]``."""
+        c = self.conv
+        B, C, _ = xs.shape
+        k = c.kernel_size[0]
+        w = c.weight.reshape(c.out_channels, C * k)
+        patches = xs.unfold(2, k, self.stride)  # [B, C, n, k]
+        if n <= 4:  # a few frames (streaming steps): the weight-streaming (GEMV-like) layout is 2x faster
+            y = F.linear(patches.permute(0, 2, 1, 3).reshape(B * n, C * k), w, c.bias)
+            return y.view(B, n, -1).transpose(1, 2).contiguous()
+        y = torch.matmul(w, patches.transpose(2, 3).reshape(B, C * k, n))
+        return y.add_(c.bias[:, None]) if c.bias is not None else y
+
+    def _taps(self, x: torch.Tensor, state: ConvState, n: int) -> torch.Tensor:
+        """Stride 1, few output channels: ``r = W_taps [k * C_out, C_in] @ x`` once, then
+        ``y[t] = sum_j r_j[t + j]`` (reads the wide input once instead of ``C_out`` times)."""
+        c = self.conv
+        k, O = c.kernel_size[0], c.out_channels
+        prev = state.previous
+        wt = c.weight.permute(2, 0, 1).reshape(k * O, c.in_channels)
+        r = torch.matmul(wt, x)
+        if prev.shape[-1]:
+            r = torch.cat([torch.matmul(wt, prev), r], dim=-1)
+        r = r.view(x.shape[0], k, O, -1)
+        y = r[:, 0, :, :n].clone()
+        for j in range(1, k):
+            y += r[:, j, :, j:j + n]
+        if c.bias is not None:
+            y += c.bias[:, None]
+        keep = self.context  # the last kernel - 1 samples of [previous, x]
+        state.previous = torch.cat([prev[..., -keep:], x[..., -keep:]], dim=-1)[..., -keep:].contiguous() \
+            if keep else x[..., :0]
         return y
 
     def _aligned(self, x: torch.Tensor, state: ConvState) -> torch.Tensor:
@@ -178,6 +232,8 @@ class StreamingConvTranspose1d(nn.Module):
         c, s = self.conv, self.stride
         B, Cin, T = x.shape
         Cout = c.out_channels
+        if T >= 8 and x.device.type == "cpu" and not torch.is_grad_enabled():
+            return self._two_tap_channels_first(x, state)
         frames = torch.matmul(x.transpose(1, 2), c.weight.reshape(Cin, Cout * 2 * s)).view(B, T, Cout, 2, s)
         y = frames[:, :, :, 0, :].clone()  # [B, T, Cout, s]
         y[:, 1:] += frames[:, :-1, :, 1, :]
@@ -188,3 +244,34 @@ class StreamingConvTranspose1d(nn.Module):
         if c.bias is not None:
             y = y + c.bias[:, None]
         return y
+
+    def _two_tap_channels_first(self, x: torch.Tensor, state: Optional[ConvTransposeState]) -> torch.Tensor:
+        """`_two_tap` for longer CPU inference inputs: ``W_a^T @ x`` plus ``W_b^T @ x`` shifted by one
+        frame, computed as ``[B, C_out, s, T]`` so only one transpose copy remains (no full-size
+        temporaries for the halves)."""
+        c, s = self.conv, self.stride
+        B, Cin, T = x.shape
+        Cout = c.out_channels
+        w_now, w_prev = self._split_weights()
+        y = torch.matmul(w_now, x)  # [B, Cout * s, T]
+        y[..., 1:] += torch.matmul(w_prev, x[..., :-1])
+        y = y.view(B, Cout, s, T)
+        if state is not None:
+            y[..., 0] += state.partial.view(B, Cout, s)
+            state.partial = torch.matmul(w_prev, x[..., -1:]).view(B, Cout, s)
+        y = y.transpose(2, 3).reshape(B, Cout, T * s)
+        return y.add_(c.bias[:, None]) if c.bias is not None else y
+
+    def _split_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W_now, W_prev)``, each ``[C_out * stride, C_in]`` contiguous: the taps applied to the
+        current and to the previous frame. Cached (inference only), keyed by the weight's identity
+        and version counter, so an update or reload rebuilds them."""
+        w = self.conv.weight
+        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        cache = self.__dict__.get("_split_cache")
+        if cache is None or cache[0] != key:
+            Cin, Cout, s = w.shape[0], self.conv.out_channels, self.stride
+            halves = w.detach().view(Cin, Cout, 2, s).permute(2, 1, 3, 0).reshape(2, Cout * s, Cin)
+            cache = (key, halves[0].contiguous(), halves[1].contiguous())
+            self.__dict__["_split_cache"] = cache
+        return cache[1], cache[2]

@@ -5,6 +5,7 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from speechtok.codec.config import SEANetConfig, TransformerConfig
 from speechtok.codec.modules.conv import StreamingConv1d, StreamingConvTranspose1d
@@ -161,10 +162,10 @@ def test_inference_table_cache_is_bitwise_and_follows_weight_updates():
             return getattr(ref, fn)(*args)
 
     with torch.no_grad():
-        small = torch.randn(1, 16, 4)  # a streaming-size call builds the cache
+        small = torch.randn(1, 16, 4)  # the first inference call builds the cache
         assert torch.equal(q.encode(small), uncached("encode", small))
         assert "_lookup_cache" in cb.__dict__
-        z = torch.randn(3, 16, 11)  # larger calls then use it too
+        z = torch.randn(3, 16, 11)  # later calls use it
         codes = q.encode(z)
         assert torch.equal(codes, uncached("encode", z))
         assert torch.equal(q.encode(z, None, 2), uncached("encode", z, None, 2))
@@ -172,7 +173,46 @@ def test_inference_table_cache_is_bitwise_and_follows_weight_updates():
         cb.embed_sum.mul_(-1.0)  # an in-place codebook update must invalidate the cached tables
         assert torch.equal(q.encode(z), uncached("encode", z))
         assert torch.equal(q.decode(codes), uncached("decode", codes).detach())
-        big = build_codec(preset("tiny")).eval().quantizer
-        big.encode(torch.randn(4, 16, 32))  # a large first call does not build a cache
-        assert all("_lookup_cache" not in m.__dict__ for m in big.modules())
+    trained = build_codec(preset("tiny")).train().quantizer
+    with torch.no_grad():
+        trained.encode(torch.randn(4, 16, 32))  # training mode never caches (tables change every step)
+    assert all("_lookup_cache" not in m.__dict__ for m in trained.modules())
 
+
+
+@pytest.mark.parametrize("cin,cout,kernel,stride", [(1, 8, 7, 1), (8, 1, 3, 1), (8, 2, 5, 1), (256, 32, 8, 4),
+                                                     (128, 16, 12, 6), (1024, 8, 3, 1), (768, 16, 3, 1)])
+def test_cpu_inference_conv_paths_match_the_convolution(cin, cout, kernel, stride):
+    """The CPU inference paths (unfold + GEMM, per-tap GEMM) give the convolution's outputs for
+    offline calls and for any chunking, including 1-sample chunks and short low-rate calls."""
+    torch.manual_seed(0)
+    conv = StreamingConv1d(cin, cout, kernel, stride=stride)
+    x = torch.randn(2, cin, stride * 40)
+    with torch.no_grad():
+        ref = conv.conv(F.pad(x, (conv.context, 0)))
+    paths = set()
+    for chunks in ([x.shape[-1]], [1] * x.shape[-1], [stride * 3, 7, stride * 20, 1]):
+        state, outs, i = conv.init_state(2), [], 0
+        for c in chunks + [x.shape[-1] - sum(chunks)]:
+            with torch.inference_mode():
+                paths.add(conv._cpu_path(x, c // stride))
+                outs.append(conv(x[..., i:i + c], state))
+            i += c
+        torch.testing.assert_close(torch.cat(outs, -1), ref, rtol=1e-5, atol=1e-5)
+    assert paths - {None}, "no fast path exercised"
+
+
+@pytest.mark.parametrize("stride", [2, 4, 8])
+def test_cpu_inference_transposed_conv_matches(stride):
+    torch.manual_seed(0)
+    ct = StreamingConvTranspose1d(32, 8, 2 * stride, stride=stride)
+    x = torch.randn(2, 32, 40)
+    with torch.no_grad():
+        ref = ct.conv(x)[..., :40 * stride]
+    for chunks in ([40], [1] * 40, [9, 1, 20, 10]):
+        state, outs, i = ct.init_state(2), [], 0
+        for c in chunks:
+            with torch.inference_mode():
+                outs.append(ct(x[..., i:i + c], state))
+            i += c
+        torch.testing.assert_close(torch.cat(outs, -1), ref, rtol=1e-5, atol=1e-5)

@@ -103,6 +103,33 @@ def test_save_load_round_trip(tok, tmp_path):
         other.decode(codes)
 
 
+def test_encoder_only_load_skips_decoder_weights(tok, tmp_path):
+    """``encoder_only`` leaves the decoder on the meta device (no memory), keeps model_id and codes,
+    still checks the decoder's stored shapes, and refuses to decode or save."""
+    from speechtok.registry import ModelLoadError, save_model_dir
+
+    x = _audio(2, tok.hop_length * 12)
+    codes = tok.encode(x, sample_rate=tok.sample_rate)
+    tok.save(tmp_path / "m")
+    enc = speechtok.load(tmp_path / "m", encoder_only=True)
+    assert enc.model_id == tok.model_id and not enc.can_decode and tok.can_decode
+    meta = [n for n, p in enc.model.named_parameters() if p.is_meta]
+    assert meta and all(n.split(".")[0] in ("decoder", "decoder_transformer", "upsample") for n in meta)
+    assert not any(p.is_meta for p in enc.model.encoder.parameters())
+    freed = [n for n, b in enc.model.quantizer.named_buffers() if b.is_meta]  # EMA sums behind frozen tables
+    assert freed and all(n.endswith(("embed_sum", "cluster_usage")) for n in freed)
+    assert torch.equal(enc.encode(x, sample_rate=tok.sample_rate).codes, codes.codes)
+    with pytest.raises(RuntimeError, match="encoding only"):
+        enc.decode(codes)
+    with pytest.raises(RuntimeError, match="encoding only"):
+        enc.save(tmp_path / "again")
+    sd = tok.model.state_dict()
+    sd["decoder.layers.0.conv.weight"] = sd["decoder.layers.0.conv.weight"][:1]
+    save_model_dir(tmp_path / "bad", kind="codec", name="tiny", config=tok.cfg.to_dict(), state_dict=sd)
+    with pytest.raises(ModelLoadError, match="does not fit"):
+        speechtok.load(tmp_path / "bad", encoder_only=True)
+
+
 def test_load_rejects_weights_that_do_not_fit(tok, tmp_path):
     from speechtok.registry import ModelLoadError, save_model_dir
 

@@ -79,6 +79,13 @@ def test_tiny_mimi_matches_transformers(tmp_path, sample_path):
     with tok.stream(1) as s:
         streamed = torch.cat([s.encode(x[..., i:i + 23]) for i in range(0, x.shape[-1], 23)] + [s.flush()], -1)
     assert torch.equal(streamed, codes.codes)
+    # encode-only loading reads no decoder weights and changes neither codes nor model_id
+    enc = speechtok.load(tmp_path / "tiny-mimi", encoder_only=True)
+    assert enc.model_id == tok.model_id and not enc.can_decode
+    assert all(p.is_meta for p in enc.model.decoder.parameters())
+    assert torch.equal(enc.encode(x, sample_rate=enc.sample_rate).codes, codes.codes)
+    with pytest.raises(RuntimeError, match="encoding only"):
+        enc.decode(codes)
 
 
 def test_real_size_mimi_matches_transformers(tmp_path, sample_path):

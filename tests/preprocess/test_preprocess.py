@@ -239,3 +239,26 @@ def test_list_inputs(tmp_path):
     assert [it.id for it in items] == ["utt0000", "utt0001"]
     with pytest.raises(InputError, match="no such file"):
         read_inputs(tmp_path / "missing.jsonl")
+
+
+def test_long_files_are_streamed_with_the_same_codes(tmp_path):
+    """Whole-file items longer than ``long_file_seconds`` are streamed from disk by a codec
+    (encode-only load): the shards hold the same codes as loading every file whole."""
+    from speechtok.codec import CodecTokenizer, preset
+
+    data = make_dataset(tmp_path / "in", 12)
+    torch.manual_seed(0)
+    tok = CodecTokenizer.from_config(preset("tiny"), seed=0)
+    tok.save(tmp_path / "codec")
+    kw = dict(shard_items=5, batch_seconds=2.0, max_batch_size=4, num_workers=1)
+    whole = preprocess(data, tmp_path / "whole", str(tmp_path / "codec"), config=PreprocessConfig(**kw), progress=False)
+    streamed = preprocess(data, tmp_path / "streamed", str(tmp_path / "codec"),
+                          config=PreprocessConfig(long_file_seconds=0.2, **kw), progress=False)
+    assert whole.num_errors == streamed.num_errors == 1
+    a, b = ShardSet(tmp_path / "whole", verify=True), ShardSet(tmp_path / "streamed", verify=True)
+    long_items = [it for it in a.items() if it.audio_length > 0.2 * tok.sample_rate]
+    assert long_items and len(long_items) < len(a)  # both paths exercised
+    items_b = {it.id: it for it in b.items()}
+    for it in a.items():
+        assert torch.equal(it.codes, items_b[it.id].codes), it.id
+        assert it.audio_length == items_b[it.id].audio_length
