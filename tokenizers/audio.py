@@ -70,6 +70,16 @@ def trim_silence(wav: torch.Tensor, sample_rate: int, top_db: float = 40.0,
     return wav[:, start:stop]
 
 
+def _samples(path: PathLike, data: np.ndarray, mono: bool, where: str = "") -> torch.Tensor:
+    """Samples ``[S, C]`` as soundfile reads them -> ``[C, S]`` float32 (averaged to one channel if
+    ``mono``); NaN/inf samples are an `AudioError` (``where`` says which part of the file)."""
+    if not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise AudioError(path, f"{bad} NaN/inf samples{where}")
+    wav = torch.from_numpy(np.ascontiguousarray(data.T))
+    return wav.mean(dim=0, keepdim=True) if mono and wav.shape[0] > 1 else wav
+
+
 def load_audio(path: PathLike, sample_rate: Optional[int] = None, mono: bool = True,
                trim_db: Optional[float] = None) -> tuple[torch.Tensor, int]:
     """Read an audio file.
@@ -99,12 +109,7 @@ def load_audio(path: PathLike, sample_rate: Optional[int] = None, mono: bool = T
         raise AudioError(path, f"unreadable or corrupt audio ({type(e).__name__}: {e})") from e
     if data.shape[0] == 0:
         raise AudioError(path, "empty audio (0 samples)")
-    if not np.isfinite(data).all():
-        bad = int((~np.isfinite(data)).sum())
-        raise AudioError(path, f"{bad} NaN/inf samples")
-    wav = torch.from_numpy(np.ascontiguousarray(data.T))
-    if mono and wav.shape[0] > 1:
-        wav = wav.mean(dim=0, keepdim=True)
+    wav = _samples(path, data, mono)
     if trim_db is not None:
         wav = trim_silence(wav, sr, top_db=trim_db)
         if wav.shape[-1] == 0:
@@ -230,13 +235,7 @@ def _iter_blocks(path: Path, sr: int, new_sr: int, mono: bool,
             data = read_raw(frames)
         except Exception as e:
             raise _unreadable(path, e) from e
-        if not np.isfinite(data).all():
-            bad = int((~np.isfinite(data)).sum())
-            raise AudioError(path, f"{bad} NaN/inf samples (in the block from sample {at})")
-        wav = torch.from_numpy(np.ascontiguousarray(data.T))
-        if mono and wav.shape[0] > 1:
-            wav = wav.mean(dim=0, keepdim=True)
-        return wav
+        return _samples(path, data, mono, f" (in the block from sample {at})")
 
     with f:
         if new_sr == sr:
