@@ -145,8 +145,7 @@ def load_hf_mimi_dir(directory, meta: dict | None = None, device: str = "cpu", e
 
     Weights are copied into the model one tensor at a time (peak memory: one model);
     ``encoder_only`` skips the decoder's (about 40% of Mimi's weights)."""
-    from .build import build_codec
-    from .tokenizer import CodecTokenizer, copy_safetensors_into, model_to, state_dict_sha256
+    from .tokenizer import load_codec_weights
 
     directory = Path(directory)
     hf_cfg = (meta or {}).get("config")
@@ -157,10 +156,8 @@ def load_hf_mimi_dir(directory, meta: dict | None = None, device: str = "cpu", e
     except MimiImportError as e:
         raise MimiImportError(f"{directory / 'config.json'}: {e}") from e
     files = _weight_files(directory)
-    model = build_codec(cfg, decoder=not encoder_only)
     try:
-        deferred = copy_safetensors_into(model, files, lambda n: hf_name_to_speechtok(n, cfg.seanet.dimension))
-        weights_hash = state_dict_sha256(model.state_dict(), deferred) if deferred else None
+        return load_codec_weights(cfg, files, lambda n: hf_name_to_speechtok(n, cfg.seanet.dimension), "mimi",
+                                  device, encoder_only)
     except ValueError as e:
         raise MimiImportError(f"{directory}: weights do not match the Mimi config: {e}") from e
-    return CodecTokenizer(model_to(model, device).eval(), name="mimi", weights_hash=weights_hash)

@@ -109,18 +109,13 @@ class CodecTokenizer(BaseTokenizer):
 
         Returns `Codes` ``[1, K, T]`` with ``audio_lengths`` set. Raises `AudioError` naming the file.
         """
-        from speechtok.audio import iter_audio_blocks
+        from speechtok.audio import fit_channels, iter_audio_blocks
 
         parts, total = [], 0
         with self.stream(1, num_codebooks) as s:
             for block in iter_audio_blocks(path, self.sample_rate, mono=self.channels == 1,
                                            block_seconds=block_seconds):
-                if block.shape[0] != self.channels:
-                    if block.shape[0] != 1:
-                        from speechtok.audio import AudioError
-
-                        raise AudioError(path, f"{block.shape[0]} channels; the model takes {self.channels}")
-                    block = block.expand(self.channels, -1)
+                block = fit_channels(path, block, self.channels)
                 total += block.shape[-1]
                 parts.append(s.encode(block[None]))
             parts.append(s.flush())
@@ -178,17 +173,25 @@ def load_codec_dir(directory: Path, meta: dict, device: str = "cpu", encoder_onl
         cfg = config_from_dict(meta["config"])
     except (KeyError, TypeError, ValueError) as e:
         raise ModelLoadError(f"{Path(directory) / 'config.json'}: invalid codec config ({e})") from e
-    model = build_codec(cfg, decoder=not encoder_only)
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
         raise ModelLoadError(f"{directory}: missing weights file, expected {path}")
     try:
-        deferred = copy_safetensors_into(model, [path], lambda name: (name, None))
-        weights_hash = state_dict_sha256(model.state_dict(), deferred) if deferred else None
+        return load_codec_weights(cfg, [path], lambda name: (name, None), meta.get("name") or cfg.name,
+                                  device, encoder_only)
     except (ValueError, OSError) as e:
         raise ModelLoadError(f"{path}: weights do not fit the config ({e})") from e
-    return CodecTokenizer(model_to(model, device).eval(), name=meta.get("name") or cfg.name,
-                          weights_hash=weights_hash)
+
+
+def load_codec_weights(cfg: CodecConfig, files: list, rename, name: str, device="cpu",
+                       encoder_only: bool = False) -> CodecTokenizer:
+    """Build ``cfg`` and read its weights from safetensors ``files`` (`copy_safetensors_into`);
+    ``encoder_only`` leaves the decoder on the meta device, its bytes hashed from the files so
+    ``model_id`` is the full model's. Raises ValueError for weights that do not fit."""
+    model = build_codec(cfg, decoder=not encoder_only)
+    deferred = copy_safetensors_into(model, files, rename)
+    weights_hash = state_dict_sha256(model.state_dict(), deferred) if deferred else None
+    return CodecTokenizer(model_to(model, device).eval(), name=name, weights_hash=weights_hash)
 
 
 def model_to(model: CodecModel, device) -> CodecModel:

@@ -80,6 +80,16 @@ def _samples(path: PathLike, data: np.ndarray, mono: bool, where: str = "") -> t
     return wav.mean(dim=0, keepdim=True) if mono and wav.shape[0] > 1 else wav
 
 
+def fit_channels(path: PathLike, wav: torch.Tensor, channels: int) -> torch.Tensor:
+    """``[C, S]`` audio of ``path`` -> ``[channels, S]``: mono is repeated to every channel; any other
+    mismatch is an `AudioError` (read with ``mono=channels == 1`` first, so a mono model always fits)."""
+    if wav.shape[0] == channels:
+        return wav
+    if wav.shape[0] != 1:
+        raise AudioError(path, f"{wav.shape[0]} channels; the model takes {channels}")
+    return wav.expand(channels, -1)
+
+
 def load_audio(path: PathLike, sample_rate: Optional[int] = None, mono: bool = True,
                trim_db: Optional[float] = None) -> tuple[torch.Tensor, int]:
     """Read an audio file.

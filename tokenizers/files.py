@@ -13,7 +13,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 import torch
 
-from .audio import AudioError, audio_info, is_audio_file, load_audio, save_audio
+from .audio import AudioError, audio_info, fit_channels, is_audio_file, load_audio, save_audio
 from .codesfile import EXTENSION, CodesFileError, load_codes, read_codes_metadata, save_codes
 
 PathLike = Union[str, os.PathLike]
@@ -112,11 +112,7 @@ def encode_files(inputs: Sequence[PathLike], output: PathLike, tokenizer=None, n
                         bar.update(1)
                         continue
                 w = load_audio(src, sample_rate=tok.sample_rate, mono=tok.channels == 1)[0]
-                if w.shape[0] != tok.channels:
-                    if w.shape[0] != 1:
-                        raise AudioError(src, f"{w.shape[0]} channels; the model takes {tok.channels}")
-                    w = w.expand(tok.channels, -1)
-                wavs.append(w)
+                wavs.append(fit_channels(src, w, tok.channels))
                 ok.append((src, dst))
             except AudioError as e:
                 report.failed.append((src, str(e)))
