@@ -28,13 +28,46 @@ class TransformerState:
     """Attributes:
         offset: int64 ``[B]`` position of the next frame of each item.
         key_pos: int64 ``[B, L]`` position of each cached key (-1: empty), ``L <= context - 1``.
-        keys, values: per layer ``[B, H, L, head_dim]``.
+        keys, values: per layer ``[B, H, capacity, head_dim]`` buffers; the cached keys/values are
+            ``[:, :, start:start + L]``, in time order. New frames are written after them, so a
+            step copies nothing but its own keys (the cache is compacted to the front only when
+            the buffer's end is reached, every ``capacity - L`` frames).
+        start: where the cached entries begin in the buffers.
     """
 
     offset: torch.Tensor
     key_pos: torch.Tensor
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
+    start: int = 0
+
+    @property
+    def cached(self) -> int:
+        """Number of cached frames ``L``."""
+        return self.key_pos.shape[1]
+
+    def cached_keys(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached keys and values of ``layer``, ``[B, H, L, head_dim]`` views."""
+        sl = slice(self.start, self.start + self.cached)
+        return self.keys[layer][:, :, sl], self.values[layer][:, :, sl]
+
+    def make_room(self, frames: int, slack: int = 64) -> None:
+        """Ensure ``frames`` new entries fit after the cached ones: move the cache to the front of
+        the buffers (growing them to ``L + max(frames, slack)`` when needed)."""
+        L, cap = self.cached, self.keys[0].shape[2]
+        if self.start + L + frames <= cap:
+            return
+        new_cap = max(cap, L + max(frames, slack))
+        for bufs in (self.keys, self.values):
+            for i, buf in enumerate(bufs):
+                live = buf[:, :, self.start:self.start + L]
+                if new_cap != cap:
+                    grown = buf.new_empty(buf.shape[0], buf.shape[1], new_cap, buf.shape[3])
+                    grown[:, :, :L] = live
+                    bufs[i] = grown
+                else:
+                    buf[:, :, :L] = live.clone()
+        self.start = 0
 
     def reset(self, mask: torch.Tensor) -> None:
         self.offset = self.offset.masked_fill(mask, 0)
@@ -104,22 +137,26 @@ class TransformerLayer(nn.Module):
         self.self_attn_layer_scale = LayerScale(d, ls) if ls is not None else nn.Identity()
         self.mlp_layer_scale = LayerScale(d, ls) if ls is not None else nn.Identity()
 
-    def forward(self, x, cos, sin, mask, is_causal, cache_k, cache_v):
-        """``x`` ``[B, T, D]``; returns (output, keys, values) where keys/values include the cache."""
+    def forward(self, x, cos, sin, mask, is_causal, cache: Optional[tuple] = None):
+        """``x`` ``[B, T, D]`` -> ``[B, T, D]``. ``cache``: ``(keys, values, start, L)``, buffers
+        ``[B, H, capacity, head_dim]`` holding ``L`` cached entries from ``start``; this call's
+        keys/values are written after them and attention sees all ``L + T`` in time order."""
         B, T, D = x.shape
         attn = self.self_attn
         h = self.input_layernorm(x)
         q, k, v = attn.in_proj(h).view(B, T, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q = RotaryEmbedding.apply(q, cos, sin)
         k = RotaryEmbedding.apply(k, cos, sin)
-        if cache_k is not None and cache_k.shape[2]:
-            k = torch.cat([cache_k, k], dim=2)
-            v = torch.cat([cache_v, v], dim=2)
+        if cache is not None:
+            kbuf, vbuf, start, L = cache
+            kbuf[:, :, start + L:start + L + T] = k
+            vbuf[:, :, start + L:start + L + T] = v
+            k, v = kbuf[:, :, start:start + L + T], vbuf[:, :, start:start + L + T]
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         o = attn.out_proj(o.transpose(1, 2).reshape(B, T, D))
         x = x + self.self_attn_layer_scale(o)
         x = x + self.mlp_layer_scale(self.mlp(self.post_attention_layernorm(x)))
-        return x, k, v
+        return x
 
 
 class StreamingTransformer(nn.Module):
@@ -158,12 +195,17 @@ class StreamingTransformer(nn.Module):
             delta = pos[:, :, None] - kpos[:, None, :]  # [B, T, L + T]
             mask = ((delta >= 0) & (delta < W) & (kpos >= 0)[:, None, :])[:, None]
         keep = W - 1
+        cache = not fresh and keep > 0
+        if cache:
+            state.make_room(T)
         for i, layer in enumerate(self.layers):
-            x, k, v = layer(x, cos, sin, mask, is_causal, state.keys[i], state.values[i])
-            if not fresh:
-                state.keys[i] = k[:, :, -keep:].contiguous() if keep else k[:, :, :0]
-                state.values[i] = v[:, :, -keep:].contiguous() if keep else v[:, :, :0]
+            x = layer(x, cos, sin, mask, is_causal,
+                      (state.keys[i], state.values[i], state.start, L) if cache else None)
+        if cache:
+            state.start += L + T - min(L + T, keep)
+            state.key_pos = kpos[:, -keep:]
+        elif not fresh:
+            state.key_pos = kpos[:, :0]
         if not fresh:
-            state.key_pos = kpos[:, -keep:] if keep else kpos[:, :0]
             state.offset = state.offset + T
         return x

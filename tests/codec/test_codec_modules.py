@@ -125,7 +125,29 @@ def test_transformer_window_and_kv_cache():
             state = tr.init_state(2)
             parts = [tr(x[:, a:b], state) for a, b in _chunks(13, random.Random(seed), sizes=(0, 1, 2, 5))]
             torch.testing.assert_close(torch.cat(parts, 1), offline, rtol=1e-5, atol=1e-5)
-            assert state.keys[0].shape[2] <= tr.cfg.context - 1  # bounded cache
+            assert state.cached <= tr.cfg.context - 1  # bounded cache
+
+
+def test_transformer_kv_buffer_long_stream():
+    """Hundreds of frames in mixed chunk sizes: the KV buffers are compacted (every ~64 frames)
+    and grown (a 90-frame chunk) along the way; outputs still match offline and memory stays bounded."""
+    torch.manual_seed(0)
+    tr = StreamingTransformer(TransformerConfig(d_model=16, num_heads=2, num_layers=2, dim_feedforward=24,
+                                                context=5, layer_scale=1.0)).eval()
+    x = torch.randn(2, 400, 16)
+    with torch.no_grad():
+        offline = tr(x)
+        state = tr.init_state(2)
+        starts, caps, parts = [], set(), []
+        for a, b in _chunks(400, random.Random(1), sizes=(1, 1, 2, 3, 7, 90)):
+            parts.append(tr(x[:, a:b], state))
+            starts.append(state.start)
+            caps.add(state.keys[0].shape[2])
+            assert state.cached == min(b, 4)
+            assert state.keys[0].shape[2] <= 4 + max(90, 64)
+    torch.testing.assert_close(torch.cat(parts, 1), offline, rtol=1e-5, atol=1e-5)
+    compactions = sum(b < a for a, b in zip(starts, starts[1:]))
+    assert compactions >= 3 and len(caps) >= 2  # the cache was moved to the front, and the buffers grew
 
 
 def test_transformer_reset_one_item():
