@@ -5,6 +5,8 @@ Measures, on the same real speech (LJSpeech from ``shared/``, else the shipped s
 1. encode + decode real-time factor (RTF = compute seconds / audio seconds) of speechtok and of
    ``transformers.MimiModel`` (Mimi's published default config, random weights with random
    codebooks; both load the same ``save_pretrained`` directory), and that codes are identical;
+   the same against kyutai ``moshi``'s ``MimiModel`` where moshi imports (its weights file loaded
+   by ``speechtok.load``), with moshi's own one-frame streaming step;
 2. streaming step latency for one 80 ms frame (encode + decode) on one thread;
 3. peak RSS of a subprocess encoding a 1-hour file (real speech tiled) the way ``speechtok encode``
    does (`speechtok.files.encode_files`: encode-only load, the file streamed from disk);
@@ -66,6 +68,72 @@ def make_hf_mimi(directory: Path, seed: int = 0):
                 mod._embed = None
     hf.save_pretrained(directory)
     return hf
+
+
+def make_moshi_mimi(path: Path, seed: int = 0):
+    """kyutai moshi's ``MimiModel`` (32 codebooks, random weights and codebooks) saved to the
+    single safetensors file moshi ships (``tokenizer-*.safetensors`` naming). Needs ``moshi``."""
+    from moshi.models import loaders
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    m = loaders.get_mimi(None, device="cpu", num_codebooks=32).eval()
+    with torch.no_grad():
+        for name, buf in m.named_buffers():
+            if name.endswith("embedding_sum"):
+                buf.normal_()
+            elif name.endswith("cluster_usage"):
+                buf.uniform_(0.5, 2.0)
+            elif name.endswith("_initialized"):
+                buf.fill_(1.0)
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+    return m
+
+
+def moshi_section(seconds: float, repeats: int, workdir: Path) -> dict:
+    """speechtok vs kyutai moshi's own Mimi, same weights (moshi's file loaded by `speechtok.load`):
+    offline encode + decode time, code equality, and moshi's one-frame streaming step on one thread."""
+    try:
+        import moshi  # noqa: F401
+        m = make_moshi_mimi(workdir / "moshi-mimi.safetensors")
+    except ImportError as e:
+        return {"skipped": f"moshi does not import ({e}); install it with `pip install --no-deps moshi==0.2.13`"}
+    import speechtok
+
+    tok = speechtok.load(workdir / "moshi-mimi.safetensors")
+    hop = tok.hop_length
+    x = real_speech(seconds, tok.sample_rate)
+    x = x[:, : x.shape[-1] // hop * hop][None]
+
+    def run_moshi():
+        with torch.no_grad():
+            c = m.encode(x)
+            return c, m.decode(c)
+
+    def run_ours():
+        codes = tok.encode(x, sample_rate=tok.sample_rate)
+        return codes, tok.decode(codes).audio
+
+    (ref, ref_audio), (codes, audio) = run_moshi(), run_ours()
+    out = {"audio_seconds": x.shape[-1] / tok.sample_rate, "codes_identical": bool(torch.equal(codes.codes, ref)),
+           "audio_max_abs_diff": float((audio - ref_audio[..., : audio.shape[-1]]).abs().max()),
+           "moshi_s": best_time(run_moshi, repeats), "ours_s": best_time(run_ours, repeats)}
+    out["speedup"] = out["moshi_s"] / out["ours_s"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        steps = []
+        with torch.no_grad(), m.streaming(1):
+            for i in range(70):
+                t = time.perf_counter()
+                m.decode(m.encode(x[..., i * hop:(i + 1) * hop]))
+                if i >= 10:
+                    steps.append(time.perf_counter() - t)
+        out["moshi_step_ms_median"] = statistics.median(steps) * 1000
+        out["ours_step"] = step_latency(tok)
+    finally:
+        torch.set_num_threads(threads)
+    return out
 
 
 def best_time(fn, repeats: int) -> float:
@@ -246,6 +314,8 @@ def main(argv=None) -> None:
         lat_default = step_latency(default)
         print("step default", lat_default, flush=True)
         del hf
+        mo = moshi_section(args.seconds, args.repeats, tmp)
+        print("moshi", mo, flush=True)
         rss = rss_section(tmp / "mimi", args.hour_minutes, args.threads, tmp) if args.hour_minutes > 0 else None
         print("rss", rss, flush=True)
     load = os.getloadavg()
@@ -278,6 +348,21 @@ def main(argv=None) -> None:
         f"step median **{lat_default['step_ms_median']:.2f} ms**, p95 {lat_default['step_ms_p95']:.2f} ms "
         f"(floor {lat_default['floor_ms']:.2f} ms).",
     ]
+    lines += ["", "## kyutai moshi's Mimi, same weights", ""]
+    if "skipped" in mo:
+        lines.append(f"Skipped: {mo['skipped']}.")
+    else:
+        lines += [
+            "moshi 0.2.13's `MimiModel` (32 codebooks, random weights and codebooks) saved as moshi's single "
+            "safetensors file and loaded by `speechtok.load(file)`.", "",
+            "| | encode + decode, seconds | RTF | one-frame step, one thread |", "|---|---|---|---|",
+            f"| moshi MimiModel | {mo['moshi_s']:.3f} | {mo['moshi_s'] / mo['audio_seconds']:.4f} | "
+            f"{mo['moshi_step_ms_median']:.2f} ms |",
+            f"| speechtok | {mo['ours_s']:.3f} | {mo['ours_s'] / mo['audio_seconds']:.4f} | "
+            f"{mo['ours_step']['step_ms_median']:.2f} ms |", "",
+            f"Speed-up **{mo['speedup']:.2f}x**; codes identical: **{mo['codes_identical']}**; decoded audio max "
+            f"|diff| {mo['audio_max_abs_diff']:.2e}. moshi's streaming step (`with mimi.streaming(1)`, "
+            "encode then decode of one 80 ms frame) is the reference implementation's own latency on this core."]
     if rss:
         lines += ["", "## 1-hour file, peak RSS", "",
                   f"{rss['audio_seconds'] / 3600:.2f} h of real speech (tiled, 24 kHz WAV) encoded the way "

@@ -54,7 +54,7 @@ def test_unknown_name_lists_builtins(tmp_path):
     with pytest.raises(ModelLoadError, match="built-ins: .*mulaw-16k"):
         load("no-such-model")
     (tmp_path / "f.txt").write_text("x")
-    with pytest.raises(ModelLoadError, match="got a file"):
+    with pytest.raises(ModelLoadError, match="f.txt: expected a model directory .* got another file"):
         load(tmp_path / "f.txt")
     with pytest.raises(ModelLoadError, match="no config.json"):
         load(tmp_path)

@@ -123,8 +123,9 @@ def load(name_or_path: Optional[Union[str, os.PathLike]] = None, device: str = "
     """Load a tokenizer from a built-in name or a model directory.
 
     Args:
-        name_or_path: a name from `models()` (default: `DEFAULT_MODEL`) or a directory with
-            ``config.json`` (+ ``model.safetensors``), including Hugging Face Mimi directories.
+        name_or_path: a name from `models()` (default: `DEFAULT_MODEL`), a directory with
+            ``config.json`` (+ ``model.safetensors``), including Hugging Face Mimi directories, or
+            kyutai moshi's Mimi weights file (``tokenizer-e351c8d8-checkpoint125.safetensors``).
         device: torch device for the model.
         encoder_only: for encode-only work (dataset preprocessing): skip reading the weights only
             decoding needs, where the model kind supports it (codecs: the decoder, about 40% of
@@ -144,13 +145,32 @@ def load(name_or_path: Optional[Union[str, os.PathLike]] = None, device: str = "
             raise ModelLoadError(f"no built-in model or directory named {key!r}; "
                                  f"built-ins: {sorted(BUILTINS)}")
         if directory.is_file():
-            raise ModelLoadError(f"{directory}: expected a model directory (config.json + model.safetensors), "
-                                 "got a file")
+            return _load_file(directory, device)
     meta = read_model_config(directory)
     loader = _resolve_loader(meta["kind"])
     if encoder_only and "encoder_only" in inspect.signature(loader).parameters:
         return loader(directory, meta, device, encoder_only=True)
     return loader(directory, meta, device)
+
+
+def _load_file(path: Path, device: str):
+    """A single weights file: kyutai moshi's Mimi checkpoint (``tokenizer-*.safetensors``)."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                names = set(f.keys())
+        except Exception as e:  # safetensors' own errors
+            raise ModelLoadError(f"{path}: unreadable safetensors file ({e})") from e
+        if {"encoder.model.0.conv.conv.weight", "quantizer.rvq_first.input_proj.weight"} <= names:
+            from speechtok.codec.moshi_import import load_moshi_mimi
+
+            return load_moshi_mimi(path, device)
+        raise ModelLoadError(f"{path}: a safetensors file that is not a kyutai moshi Mimi checkpoint; other "
+                             "models load from their directory (config.json + model.safetensors)")
+    raise ModelLoadError(f"{path}: expected a model directory (config.json + model.safetensors) or a moshi "
+                         "Mimi .safetensors file, got another file")
 
 
 def save_model_dir(directory: Union[str, os.PathLike], kind: str, name: str, config: dict,

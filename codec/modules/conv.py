@@ -246,32 +246,31 @@ class StreamingConvTranspose1d(nn.Module):
         return y
 
     def _two_tap_channels_first(self, x: torch.Tensor, state: Optional[ConvTransposeState]) -> torch.Tensor:
-        """`_two_tap` for longer CPU inference inputs: ``W_a^T @ x`` plus ``W_b^T @ x`` shifted by one
-        frame, computed as ``[B, C_out, s, T]`` so only one transpose copy remains (no full-size
-        temporaries for the halves)."""
+        """`_two_tap` for longer CPU inference inputs: ``[W_now; W_prev] @ x`` in one matmul (each
+        weight read once), then output block ``t`` = ``W_now x[t] + W_prev x[t - 1]``, computed as
+        ``[B, C_out, s, T]`` so only one transpose copy remains."""
         c, s = self.conv, self.stride
         B, Cin, T = x.shape
         Cout = c.out_channels
-        w_now, w_prev = self._split_weights()
-        y = torch.matmul(w_now, x)  # [B, Cout * s, T]
-        y[..., 1:] += torch.matmul(w_prev, x[..., :-1])
-        y = y.view(B, Cout, s, T)
+        p = torch.matmul(self._stacked_weights(), x).view(B, 2, Cout, s, T)
+        y, prev = p[:, 0], p[:, 1]
+        y[..., 1:] += prev[..., :-1]
         if state is not None:
             y[..., 0] += state.partial.view(B, Cout, s)
-            state.partial = torch.matmul(w_prev, x[..., -1:]).view(B, Cout, s)
+            state.partial = prev[..., -1].contiguous()
         y = y.transpose(2, 3).reshape(B, Cout, T * s)
         return y.add_(c.bias[:, None]) if c.bias is not None else y
 
-    def _split_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(W_now, W_prev)``, each ``[C_out * stride, C_in]`` contiguous: the taps applied to the
-        current and to the previous frame. Cached (inference only), keyed by the weight's identity
-        and version counter, so an update or reload rebuilds them."""
+    def _stacked_weights(self) -> torch.Tensor:
+        """``[W_now; W_prev]`` ``[2 * C_out * stride, C_in]`` contiguous: the taps applied to the
+        current frame, then those applied to the previous one. Cached (inference only), keyed by
+        the weight's identity and version counter, so an update or reload rebuilds it."""
         w = self.conv.weight
         key = (w.data_ptr(), w._version, w.dtype, w.device)
         cache = self.__dict__.get("_split_cache")
         if cache is None or cache[0] != key:
             Cin, Cout, s = w.shape[0], self.conv.out_channels, self.stride
-            halves = w.detach().view(Cin, Cout, 2, s).permute(2, 1, 3, 0).reshape(2, Cout * s, Cin)
-            cache = (key, halves[0].contiguous(), halves[1].contiguous())
+            stacked = w.detach().view(Cin, Cout, 2, s).permute(2, 1, 3, 0).reshape(2 * Cout * s, Cin).contiguous()
+            cache = (key, stacked)
             self.__dict__["_split_cache"] = cache
-        return cache[1], cache[2]
+        return cache[1]

@@ -148,12 +148,35 @@ class ResidualVQ(nn.Module):
         """Codes int64 ``[B, n_q, T]`` of ``x`` ``[B, input_dim, T]``, -1 at padding; no state changes."""
         mask = check_latent(x, mask, self.input_dim, "ResidualVQ.encode")
         residual = self._in(x)
+        layers = self.layers[: self._n_q(n_q)]
+        if all(layer.in_proj is None and layer.lookup == "euclidean" for layer in layers):
+            return self._encode_rows(residual, mask, layers)
+        return self._encode_layers(residual, mask, layers)
+
+    @staticmethod
+    def _encode_layers(residual: torch.Tensor, mask: torch.Tensor, layers) -> torch.Tensor:
+        """Each codebook through its quantizer's ``encode``/``decode`` (projections, any lookup)."""
         codes = []
-        for layer in self.layers[: self._n_q(n_q)]:
+        for layer in layers:
             c = layer.encode(residual, mask)
             residual = residual - layer.decode(c)
             codes.append(c)
         return torch.cat(codes, dim=1)
+
+    @staticmethod
+    def _encode_rows(residual: torch.Tensor, mask: torch.Tensor, layers) -> torch.Tensor:
+        """`_encode_layers` for projection-free Euclidean codebooks (Mimi's): the residual stays
+        ``[B * T, D]`` rows through all codebooks instead of changing layout twice per codebook.
+        Same arithmetic on every valid frame, so the same codes (32 codebooks per Mimi frame make
+        the per-codebook overhead a third of a streaming step's quantizer time)."""
+        B, D, T = residual.shape
+        rows = residual.transpose(1, 2).reshape(B * T, D)
+        codes = torch.empty(B, len(layers), T, dtype=torch.long, device=residual.device)
+        for i, layer in enumerate(layers):
+            c = layer.codebook.encode(rows)
+            rows = rows - layer.codebook.decode(c)
+            codes[:, i] = c.view(B, T)
+        return codes.masked_fill(~mask[:, None, :], -1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Latent ``[B, input_dim, T]`` of codes ``[B, k, T]`` (the first ``k <= n_q`` codebooks; -1 decodes to 0)."""

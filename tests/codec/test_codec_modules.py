@@ -238,3 +238,19 @@ def test_cpu_inference_transposed_conv_matches(stride):
                 outs.append(ct(x[..., i:i + c], state))
             i += c
         torch.testing.assert_close(torch.cat(outs, -1), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_inference_elu_matches_torch_elu():
+    from speechtok.codec.modules.seanet import ELU
+
+    x = torch.cat([torch.randn(10000) * 4, torch.linspace(-30, 5, 10000), torch.randn(1000) * 1e-6,
+                   torch.tensor([0.0, -0.0, 1e-30, -1e-30, -100.0])])
+    ref = torch.nn.functional.elu(x)
+    with torch.no_grad():
+        fast = ELU()(x)
+        inplace = x.clone()
+        out = ELU(inplace=True)(inplace)
+    assert out.data_ptr() == inplace.data_ptr() and torch.equal(out, fast)
+    assert (fast - ref).abs().max() <= 1.2e-7 and torch.equal(fast[x > 0], x[x > 0])
+    y = x.clone().requires_grad_()
+    assert torch.equal(ELU()(y), ref)  # with autograd: torch's own ELU (training numerics unchanged)

@@ -1,5 +1,6 @@
-"""kyutai moshi naming: a moshi ``MimiModel`` (random weights) loads through `load_moshi_mimi` with
-identical codes. moshi pins torch<2.10, so this runs only where moshi imports (skipped otherwise)."""
+"""kyutai moshi naming: a moshi ``MimiModel`` (random weights) loads through `speechtok.load` with
+identical codes. moshi pins torch<2.10 but its Mimi runs on torch 2.11: the README's test command
+installs it without its dependency pins (skipped where moshi does not import)."""
 from __future__ import annotations
 
 import pytest
@@ -31,24 +32,13 @@ def test_rope_permutation_maps_interleaved_pairs_to_halves():
 
 
 def test_moshi_mimi_matches(tmp_path, sample_path):
-    loaders = pytest.importorskip("moshi.models.loaders")
-    from safetensors.torch import save_file
-
+    pytest.importorskip("moshi.models.loaders")
+    import speechtok
     from speechtok.audio import load_audio
-    from speechtok.codec.moshi_import import load_moshi_mimi
+    from speechtok.benchmarks.codec_speed import make_moshi_mimi
 
-    torch.manual_seed(0)
-    m = loaders.get_mimi(None, device="cpu", num_codebooks=32).eval()
-    with torch.no_grad():
-        for name, buf in m.named_buffers():
-            if name.endswith("embedding_sum"):
-                buf.normal_()
-            elif name.endswith("cluster_usage"):
-                buf.uniform_(0.5, 2.0)
-            elif name.endswith("_initialized"):
-                buf.fill_(1.0)
-    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "mimi.safetensors"))
-    tok = load_moshi_mimi(tmp_path / "mimi.safetensors")
+    m = make_moshi_mimi(tmp_path / "mimi.safetensors")
+    tok = speechtok.load(tmp_path / "mimi.safetensors")  # a single moshi weights file
     wav, _ = load_audio(sample_path, sample_rate=24000)
     x = wav[None, :, 6000:6000 + 1920 * 10]
     with torch.no_grad():
@@ -58,3 +48,27 @@ def test_moshi_mimi_matches(tmp_path, sample_path):
     assert torch.equal(codes.codes, ref) and ref.unique().numel() > 4
     audio = tok.decode(codes).audio
     assert (audio - ref_audio[..., : audio.shape[-1]]).abs().max() <= 1e-4 * max(1.0, float(ref_audio.abs().max()))
+    # moshi's own streaming (one 80 ms frame per call) gives the same codes as a speechtok stream
+    hop = tok.hop_length
+    with torch.no_grad(), m.streaming(1):
+        moshi_stream = torch.cat([m.encode(x[..., i:i + hop]) for i in range(0, x.shape[-1], hop)], dim=-1)
+    with tok.stream(1) as s:
+        ours = torch.cat([s.encode(x[..., i:i + 700]) for i in range(0, x.shape[-1], 700)] + [s.flush()], dim=-1)
+    assert torch.equal(moshi_stream, ref) and torch.equal(ours[..., : ref.shape[-1]], ref)
+
+
+def test_other_safetensors_file_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    import speechtok
+    from speechtok.registry import ModelLoadError
+
+    save_file({"weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ModelLoadError, match="other.safetensors: a safetensors file that is not a kyutai moshi"):
+        speechtok.load(tmp_path / "other.safetensors")
+    (tmp_path / "broken.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ModelLoadError, match="broken.safetensors: unreadable safetensors file"):
+        speechtok.load(tmp_path / "broken.safetensors")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ModelLoadError, match="notes.txt: expected a model directory"):
+        speechtok.load(tmp_path / "notes.txt")

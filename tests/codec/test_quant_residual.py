@@ -295,3 +295,17 @@ def test_zero_length_and_one_frame_inputs(kind, lookup):
     q.eval()
     assert q.encode(torch.randn(1, 6, 0)).shape == (1, K, 0)
     assert q.decode(q.encode(torch.randn(1, 6, 1))).shape == (1, 6, 1)
+
+
+def test_row_encode_path_equals_per_codebook_path():
+    """The projection-free Euclidean fast path (`_encode_rows`, used for Mimi) gives exactly the codes of
+    the general per-codebook path, padding included."""
+    torch.manual_seed(0)
+    rvq = _train(ResidualVQ(8, 8, n_q=5, codebook_size=32, **FAST))
+    x = torch.randn(3, 8, 20)
+    mask = _mask([20, 7, 1], 20)
+    layers = rvq.layers[:4]
+    fast = ResidualVQ._encode_rows(rvq._in(x), mask, layers)
+    general = ResidualVQ._encode_layers(rvq._in(x), mask, layers)
+    assert torch.equal(fast, general) and fast.unique().numel() > 8 and (fast[1, :, 7:] == -1).all()
+    assert torch.equal(rvq.encode(x, mask, n_q=4), fast)
