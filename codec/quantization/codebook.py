@@ -22,7 +22,7 @@ no boolean indexing) except initialisation, which runs once.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -279,6 +279,31 @@ class _Codebook(nn.Module):
         if dist is not None:
             for t in self._shared_tensors():
                 dist.broadcast(t, src=0)
+
+    # ------------------------------------------------------------------ training state
+    def runtime_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """What exact training resume needs beyond the weights: the usage statistics
+        (``code_usage``, ``window_usage``), the dead-code step counter and a k-means pool still
+        being gathered. Returns ``(tensors, JSON scalars)`` for `load_runtime_state`."""
+        tensors = {"code_usage": self.code_usage, "window_usage": self.window_usage}
+        if self._pool:
+            tensors["kmeans_pool"] = torch.cat(self._pool)
+        scalars = {"usage_ready": self._usage_ready, "steps": self._steps, "pool_batches": self._pool_batches}
+        return tensors, scalars
+
+    def load_runtime_state(self, tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> None:
+        """Restore what `runtime_state` returned (after the weights are loaded)."""
+        with torch.no_grad():
+            for name in ("code_usage", "window_usage"):
+                buf = getattr(self, name)
+                if tensors[name].shape != buf.shape:
+                    raise ValueError(f"{name}: shape {tuple(tensors[name].shape)} does not match {tuple(buf.shape)}")
+                buf.copy_(tensors[name])
+        pool = tensors.get("kmeans_pool")
+        self._pool = [] if pool is None else [pool.to(self.code_usage.device)]
+        self._pool_batches = int(scalars["pool_batches"])
+        self._steps = int(scalars["steps"])
+        self._usage_ready = bool(scalars["usage_ready"])
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)

@@ -8,10 +8,11 @@ A checkpoint is a directory ``<run>/checkpoints/step-00001000/`` holding
 - ``state.json``: format + version, step, data position, optimizer param groups and scalar state,
   GradScaler state, Python/NumPy RNG states, the training config and free-form ``extra``.
 
-Exact resume also needs the modules' *runtime* state that a model file leaves out: non-persistent
-buffers (e.g. codebook usage statistics) go to ``optim.safetensors`` as ``"buffers/<module>/<name>"``
-and private scalar attributes (``_name`` ints/floats/bools such as step counters of a dead-code
-policy) to ``state.json``.
+Exact resume also needs the modules' *runtime* state that a model file leaves out (e.g. codebook
+usage statistics, dead-code step counters, a k-means pool still being gathered): every submodule
+with ``runtime_state()``/``load_runtime_state()`` (the quantizers' codebooks) contributes tensors,
+stored in ``optim.safetensors`` as ``"runtime/<module>/<submodule>/<name>"``, and JSON scalars,
+stored in ``state.json``.
 
 The directory is written under a temp name and renamed into place; ``<run>/checkpoints/latest``
 (a text file) names the newest complete one. Nothing here uses pickle.
@@ -32,7 +33,7 @@ import torch
 from speechtok.formats import read_versioned_json
 
 CKPT_FORMAT = "speechtok.train.checkpoint"
-CKPT_VERSION = 1
+CKPT_VERSION = 2  # 2: runtime state through the modules' runtime_state API
 MODULES_FILE = "modules.safetensors"
 OPTIM_FILE = "optim.safetensors"
 STATE_FILE = "state.json"
@@ -77,42 +78,32 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> No
                          n["gauss"]))
 
 
-_SKIP_ATTRS = {"_is_full_backward_hook"}
-
-
 def _runtime_state(name: str, module: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    persistent = set(module.state_dict().keys())
-    tensors = {f"buffers/{name}/{k}": b.detach().cpu().contiguous()
-               for k, b in module.named_buffers() if k not in persistent}
-    scalars = {}
+    """Tensors (``"runtime/<name>/<submodule>/<key>"``) and scalars (by submodule) of every
+    submodule that has a ``runtime_state`` method."""
+    tensors, scalars = {}, {}
     for sub_name, sub in module.named_modules():
-        for k, v in vars(sub).items():
-            if k.startswith("_") and not k.startswith("__") and k not in _SKIP_ATTRS and type(v) in (int, float, bool):
-                scalars[f"{sub_name}:{k}"] = v
+        if callable(getattr(sub, "runtime_state", None)):
+            t, scalars[sub_name] = sub.runtime_state()
+            tensors.update({f"runtime/{name}/{sub_name}/{k}": v.detach().cpu().contiguous() for k, v in t.items()})
     return tensors, scalars
 
 
 def _set_runtime_state(name: str, module: torch.nn.Module, tensors: dict[str, torch.Tensor],
-                       scalars: dict[str, Any]) -> None:
-    prefix = f"buffers/{name}/"
-    for key, value in tensors.items():
-        if not key.startswith(prefix):
+                       scalars: dict[str, Any], where: Path, strict: bool) -> None:
+    for sub_name, sub in module.named_modules():
+        if not callable(getattr(sub, "load_runtime_state", None)):
             continue
-        path = key[len(prefix):]
-        owner_name, _, attr = path.rpartition(".")
-        owner = module.get_submodule(owner_name) if owner_name else module
-        if attr in owner._buffers and owner._buffers[attr] is not None:
-            buf = owner._buffers[attr]
-            if buf.shape == value.shape:
-                buf.copy_(value)
-            else:
-                owner._buffers[attr] = value.to(device=buf.device, dtype=buf.dtype)
-    subs = dict(module.named_modules())
-    for key, value in scalars.items():
-        sub_name, _, attr = key.rpartition(":")
-        sub = subs.get(sub_name)
-        if sub is not None and type(vars(sub).get(attr)) is type(value):
-            setattr(sub, attr, value)
+        if sub_name not in scalars:
+            if strict:
+                raise CheckpointError(f"{where}: no runtime state for {name}.{sub_name}")
+            continue
+        prefix = f"runtime/{name}/{sub_name}/"
+        mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            sub.load_runtime_state(mine, scalars[sub_name])
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"{where}: runtime state of {name}.{sub_name} does not match ({e})") from e
 
 
 def _split_optimizer(name: str, sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -224,7 +215,7 @@ def load_checkpoint(path: Path, *, modules: dict[str, torch.nn.Module],
             raise CheckpointError(f"{ckpt / MODULES_FILE}: module {mname!r} does not match: {e}") from e
     opt_t = load_file(str(ckpt / OPTIM_FILE))
     for mname, m in modules.items():
-        _set_runtime_state(mname, m, opt_t, (meta.get("runtime") or {}).get(mname, {}))
+        _set_runtime_state(mname, m, opt_t, (meta.get("runtime") or {}).get(mname, {}), ckpt, strict)
     for oname, opt in optimizers.items():
         if oname not in meta["optimizers"]:
             raise CheckpointError(f"{ckpt / STATE_FILE}: no state for optimizer {oname!r}")

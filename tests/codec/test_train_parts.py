@@ -203,6 +203,38 @@ def test_checkpoint_keeps_newest_and_rejects_mismatch(tmp_path):
         load_checkpoint(tmp_path / "empty", modules={}, optimizers={})
 
 
+def test_checkpoint_mid_kmeans_pool_and_dead_code_counters_resume_exactly(tmp_path):
+    """A quantizer checkpointed while its k-means pool is half gathered (and between dead-code checks)
+    continues exactly as without the interruption: pool, counters and usage statistics come back."""
+    from speechtok.codec.quantization import DeadCodePolicy, KMeansInit, ResidualVQ
+    from speechtok.codec.train.checkpoint import CheckpointError
+
+    def make():
+        torch.manual_seed(0)
+        return ResidualVQ(6, 6, n_q=2, codebook_size=16, kmeans_init=KMeansInit(batches=3, iters=3),
+                          dead_code=DeadCodePolicy(check_every=3)).train()
+
+    batches = [torch.randn(2, 6, 10, generator=torch.Generator().manual_seed(i)) for i in range(7)]
+    straight = make()
+    for x in batches:
+        straight(x)
+    first = make()
+    first(batches[0])  # one of the three k-means batches pooled
+    cb = first.layers[0].codebook
+    assert cb._pool_batches == 1 and not cb.is_initialized()
+    save_checkpoint(tmp_path, modules={"q": first}, optimizers={}, state=TrainingState(step=1))
+    resumed = make()
+    load_checkpoint(tmp_path, modules={"q": resumed}, optimizers={}, restore_rng=False)
+    for x in batches[1:]:
+        resumed(x)
+    for a, b in zip(straight.layers, resumed.layers):
+        assert torch.equal(a.codebook.table(), b.codebook.table())
+        assert torch.equal(a.codebook.code_usage, b.codebook.code_usage) and a.codebook._steps == b.codebook._steps
+    # a checkpoint of another quantizer shape is refused by name
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path, modules={"q": ResidualVQ(6, 6, n_q=2, codebook_size=8)}, optimizers={})
+
+
 def test_train_config_defaults_are_consistent():
     cfg = TrainConfig()
     assert len(cfg.loss.mel_windows) == len(cfg.loss.mel_bins)
