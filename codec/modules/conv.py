@@ -132,7 +132,9 @@ class StreamingConv1d(nn.Module):
         if n <= 4:  # a few frames (streaming steps): the weight-streaming (GEMV-like) layout is 2x faster
             y = F.linear(patches.permute(0, 2, 1, 3).reshape(B * n, C * k), w, c.bias)
             return y.view(B, n, -1).transpose(1, 2).contiguous()
-        y = torch.matmul(w, patches.transpose(2, 3).reshape(B, C * k, n))
+        # an explicit bmm on contiguous patches: torch.matmul(2-d, 3-d) may fold the batch into the
+        # rows of (patches^T @ w^T) and return a transposed output whose copy cost more than the GEMM
+        y = torch.bmm(w.expand(B, -1, -1), patches.transpose(2, 3).reshape(B, C * k, n).contiguous())
         return y.add_(c.bias[:, None]) if c.bias is not None else y
 
     def _taps(self, x: torch.Tensor, state: ConvState, n: int) -> torch.Tensor:
