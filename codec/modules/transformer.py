@@ -46,11 +46,6 @@ class TransformerState:
         """Number of cached frames ``L``."""
         return self.key_pos.shape[1]
 
-    def cached_keys(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The cached keys and values of ``layer``, ``[B, H, L, head_dim]`` views."""
-        sl = slice(self.start, self.start + self.cached)
-        return self.keys[layer][:, :, sl], self.values[layer][:, :, sl]
-
     def make_room(self, frames: int, slack: int = 64) -> None:
         """Ensure ``frames`` new entries fit after the cached ones: move the cache to the front of
         the buffers (growing them to ``L + max(frames, slack)`` when needed)."""
