@@ -269,10 +269,10 @@ class StreamingConvTranspose1d(nn.Module):
         the weight's identity and version counter, so an update or reload rebuilds it."""
         w = self.conv.weight
         key = (w.data_ptr(), w._version, w.dtype, w.device)
-        cache = self.__dict__.get("_split_cache")
+        cache = self.__dict__.get("_stacked_cache")
         if cache is None or cache[0] != key:
             Cin, Cout, s = w.shape[0], self.conv.out_channels, self.stride
             stacked = w.detach().view(Cin, Cout, 2, s).permute(2, 1, 3, 0).reshape(2 * Cout * s, Cin).contiguous()
             cache = (key, stacked)
-            self.__dict__["_split_cache"] = cache
+            self.__dict__["_stacked_cache"] = cache
         return cache[1]
