@@ -70,14 +70,18 @@ def convert_moshi_mimi_state_dict(state: Mapping[str, torch.Tensor], num_heads: 
     return out
 
 
-def load_moshi_mimi(path: Union[str, Path], device: str = "cpu", cfg: Optional[CodecConfig] = None):
-    """A moshi Mimi safetensors file -> `CodecTokenizer` named ``mimi`` (config: the ``mimi`` preset)."""
+def load_moshi_mimi(path: Union[str, Path], device: str = "cpu", cfg: Optional[CodecConfig] = None,
+                    encoder_only: bool = False):
+    """A moshi Mimi safetensors file -> `CodecTokenizer` named ``mimi`` (config: the ``mimi`` preset).
+
+    ``encoder_only``: the decoder stays on the meta device (no memory once loaded); ``model_id``
+    is the full model's (hashed from the converted weights before the decoder's are dropped)."""
     from safetensors.torch import load_file
 
     from speechtok.registry import ModelLoadError
 
     from .build import build_codec
-    from .tokenizer import CodecTokenizer
+    from .tokenizer import CodecTokenizer, model_to, state_dict_sha256
 
     path = Path(path)
     cfg = cfg or preset("mimi")
@@ -85,9 +89,13 @@ def load_moshi_mimi(path: Union[str, Path], device: str = "cpu", cfg: Optional[C
         state = load_file(str(path))
     except Exception as e:  # safetensors' own errors
         raise ModelLoadError(f"{path}: unreadable moshi Mimi weights ({e})") from e
-    model = build_codec(cfg)
+    model = build_codec(cfg, decoder=not encoder_only)
+    converted = convert_moshi_mimi_state_dict(state, cfg.transformer.num_heads)
+    del state
     try:
-        model.load_state_dict(convert_moshi_mimi_state_dict(state, cfg.transformer.num_heads), strict=True)
+        model.load_state_dict(converted, strict=True)  # meta (decoder) targets take no copy
     except RuntimeError as e:
         raise ModelLoadError(f"{path}: not a moshi Mimi checkpoint for config {cfg.name!r} ({e})") from e
-    return CodecTokenizer(model.to(device).eval(), name="mimi")
+    weights_hash = state_dict_sha256(converted) if encoder_only else None
+    del converted
+    return CodecTokenizer(model_to(model, device).eval(), name="mimi", weights_hash=weights_hash)

@@ -145,7 +145,7 @@ def load(name_or_path: Optional[Union[str, os.PathLike]] = None, device: str = "
             raise ModelLoadError(f"no built-in model or directory named {key!r}; "
                                  f"built-ins: {sorted(BUILTINS)}")
         if directory.is_file():
-            return _load_file(directory, device)
+            return _load_file(directory, device, encoder_only)
     meta = read_model_config(directory)
     loader = _resolve_loader(meta["kind"])
     if encoder_only and "encoder_only" in inspect.signature(loader).parameters:
@@ -153,7 +153,7 @@ def load(name_or_path: Optional[Union[str, os.PathLike]] = None, device: str = "
     return loader(directory, meta, device)
 
 
-def _load_file(path: Path, device: str):
+def _load_file(path: Path, device: str, encoder_only: bool = False):
     """A single weights file: kyutai moshi's Mimi checkpoint (``tokenizer-*.safetensors``)."""
     if path.suffix == ".safetensors":
         from safetensors import safe_open
@@ -166,7 +166,7 @@ def _load_file(path: Path, device: str):
         if {"encoder.model.0.conv.conv.weight", "quantizer.rvq_first.input_proj.weight"} <= names:
             from speechtok.codec.moshi_import import load_moshi_mimi
 
-            return load_moshi_mimi(path, device)
+            return load_moshi_mimi(path, device, encoder_only=encoder_only)
         raise ModelLoadError(f"{path}: a safetensors file that is not a kyutai moshi Mimi checkpoint; other "
                              "models load from their directory (config.json + model.safetensors)")
     raise ModelLoadError(f"{path}: expected a model directory (config.json + model.safetensors) or a moshi "

@@ -55,6 +55,10 @@ def test_moshi_mimi_matches(tmp_path, sample_path):
     with tok.stream(1) as s:
         ours = torch.cat([s.encode(x[..., i:i + 700]) for i in range(0, x.shape[-1], 700)] + [s.flush()], dim=-1)
     assert torch.equal(moshi_stream, ref) and torch.equal(ours[..., : ref.shape[-1]], ref)
+    # encode-only loading (what `speechtok encode` does): same codes and model_id, no decoder memory
+    enc = speechtok.load(tmp_path / "mimi.safetensors", encoder_only=True)
+    assert enc.model_id == tok.model_id and torch.equal(enc.encode(x, sample_rate=24000).codes, ref)
+    assert not enc.can_decode and all(p.is_meta for p in enc.model.decoder.parameters())
 
 
 def test_other_safetensors_file_is_refused(tmp_path):
