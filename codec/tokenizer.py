@@ -7,8 +7,9 @@ frames). Long inputs are processed in windows of ``cfg.window_frames`` frames wi
 state carried over, so memory stays constant with duration and the result is the streamed one.
 
 Saved form: a speechtok model directory (``config.json`` kind ``"codec"`` + ``model.safetensors``).
-``model_id`` is ``name@<sha256 of the weights' content>`` (tensor names, dtypes, shapes, bytes),
-the same before and after save/load or import.
+``model_id`` is ``name@<sha256 of the weights' content (tensor names, dtypes, shapes, bytes) and
+the whole config>``, the same before and after save/load or import; a copy with another sample
+rate, context or window gets another id.
 """
 from __future__ import annotations
 
@@ -99,6 +100,10 @@ class CodecTokenizer(BaseTokenizer):
     @property
     def can_decode(self) -> bool:
         return self.model.has_decoder
+
+    def identity_config(self) -> dict:
+        """The whole `CodecConfig`: rates, context and window change codes as much as weights do."""
+        return self.cfg.to_dict()
 
     @torch.inference_mode()
     def encode_file(self, path: Union[str, Path], num_codebooks: Optional[int] = None,

@@ -46,3 +46,47 @@ def read_json(path: PathLike, error: type[Exception], what: str) -> dict:
 def read_versioned_json(path: PathLike, fmt: str, version: int, error: type[Exception], what: str) -> dict:
     """`read_json` then `check_format`."""
     return check_format(read_json(path, error, what), path, fmt, version, error, what)
+
+
+# Upper bounds on sizes read from files, checked before anything is allocated. Generous for real
+# use (an hour at 100 Hz is 360,000 frames), far below what would exhaust memory.
+MAX_FRAMES = 100 * 3600 * 24          # frames in one item: a day at 100 Hz
+MAX_EXPANDED_FRAMES = 100 * 3600 * 24  # frames after undoing durations (dedup/BPE)
+MAX_BATCH = 1 << 16
+MAX_CODEBOOKS = 1024
+MAX_CODEBOOK_SIZE = 1 << 24
+MAX_SAMPLE_RATE = 384_000
+
+
+def get_field(meta: dict, key: str, kind, path: PathLike, error: type[Exception], what: str, *,
+              lo=None, hi=None, default=..., allow_none: bool = False):
+    """``meta[key]`` checked for type and range; raises ``error`` naming the file, key and value.
+
+    ``kind`` is ``int``, ``float`` (ints accepted), ``str``, ``bool``, ``list`` or ``dict``; bools are
+    never taken as numbers. A missing key returns ``default`` when one is given, else raises.
+    """
+    if not isinstance(meta, dict):
+        raise error(f"{path}: {what} is a {type(meta).__name__}, expected a JSON object")
+    if key not in meta:
+        if default is not ...:
+            return default
+        raise error(f"{path}: {what} lacks {key!r}")
+    value = meta[key]
+    if value is None and allow_none:
+        return None
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if kind is float else \
+        (isinstance(value, int) and not isinstance(value, bool)) if kind is int else isinstance(value, kind)
+    if kind is float and ok and value != value:  # NaN
+        ok = False
+    if not ok:
+        raise error(f"{path}: {what} {key!r} must be {kind.__name__}, got {safe_text(repr(value), 60)}")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        raise error(f"{path}: {what} {key!r}={value!r} is out of range [{lo}, {hi}]")
+    return float(value) if kind is float else value
+
+
+def safe_text(text, limit: int = 200) -> str:
+    """``text`` made safe to print: control characters (terminal escapes, newlines) escaped, length capped."""
+    s = str(text)
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s[:limit])
+    return out + ("..." if len(s) > limit else "")

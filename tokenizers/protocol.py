@@ -7,12 +7,14 @@ own rate with ``lengths``.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Optional, Protocol, runtime_checkable
 
 import torch
 
-from .codes import Codes
+from .codes import Codes, CodesError
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,12 +108,28 @@ def prepare_audio(wav: torch.Tensor, sample_rate: int, target_rate: int, channel
     return wav.contiguous(), lengths
 
 
+def check_codes_fit(tok, codes: Codes) -> None:
+    """Raise `CodesError` unless ``codes`` have the rates and codebooks of ``tok`` (besides its id:
+    a file edited by hand, or made by a model that shares an id, must not decode at the wrong speed)."""
+    problems = []
+    if abs(float(codes.frame_rate) - float(tok.frame_rate)) > 1e-6 * float(tok.frame_rate):
+        problems.append(f"frame rate {codes.frame_rate} Hz, the model's is {tok.frame_rate} Hz")
+    if int(codes.sample_rate) != int(tok.sample_rate):
+        problems.append(f"sample rate {codes.sample_rate} Hz, the model's is {tok.sample_rate} Hz")
+    sizes, model_sizes = tuple(codes.codebook_sizes), tuple(tok.codebook_sizes)
+    if len(sizes) > len(model_sizes) or sizes != model_sizes[: len(sizes)]:
+        problems.append(f"codebook sizes {list(sizes)}, the model's are {list(model_sizes)}")
+    if problems:
+        raise CodesError(f"codes do not fit model {tok.model_id}: " + "; ".join(problems))
+
+
 class BaseTokenizer(torch.nn.Module):
     """Common plumbing for tokenizers.
 
     Subclasses set ``sample_rate``, ``channels``, ``frame_rate``, ``codebook_sizes``, ``name``,
     ``n_semantic`` and implement `_encode` (and `_decode` if they can synthesize audio).
-    ``model_id`` is ``"name@<first 12 hex of the weights' sha256>"``.
+    ``model_id`` is ``"name@<12 hex>"``: the weights' sha256, combined with `identity_config` (the
+    configuration, which changes codes and audio as much as the weights do) where there is one.
     """
 
     sample_rate: int
@@ -123,9 +141,17 @@ class BaseTokenizer(torch.nn.Module):
     weights_hash: str = "noweights"
     accepts_durations: bool = False  # True: `_decode` uses Codes.durations itself (else they are expanded)
 
+    def identity_config(self) -> Optional[dict]:
+        """What besides the weights changes this model's codes or audio (a JSON-able config), or None."""
+        return None
+
     @property
     def model_id(self) -> str:
-        return f"{self.name}@{self.weights_hash[:12]}"
+        cfg = self.identity_config()
+        if cfg is None:
+            return f"{self.name}@{self.weights_hash[:12]}"
+        blob = self.weights_hash + "\n" + json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+        return f"{self.name}@{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
     @property
     def num_codebooks(self) -> int:
@@ -169,6 +195,7 @@ class BaseTokenizer(torch.nn.Module):
         Fails loudly when the codes come from another model.
         """
         codes.check_model(self.model_id)
+        check_codes_fit(self, codes)
         codes.validate()
         if codes.durations is not None and not self.accepts_durations:
             codes = codes.expand()
