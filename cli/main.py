@@ -52,32 +52,89 @@ def main():
     """speechtok: speech to discrete tokens and back."""
 
 
+def _say(text) -> str:
+    """File-supplied or user-supplied text made safe for the terminal (one line, no control sequences)."""
+    from speechtok.formats import safe_text
+
+    return safe_text(text, limit=1000)
+
+
+def _fail(message) -> None:
+    """One-line error, exit status 2 (misuse: nothing was written)."""
+    click.echo(f"error: {_say(message)}", err=True)
+    sys.exit(2)
+
+
 def _report(report, verb: str) -> None:
+    for path, reason in report.redone:
+        click.echo(_say(f"note: {path}: {reason}; redoing it"), err=True)
     for path, err in report.failed:
-        click.echo(f"error: {err}" if err.startswith(str(path)) else f"error: {path}: {err}", err=True)
-    click.echo(f"{verb} {len(report.written)}, skipped {len(report.skipped)} existing, "
+        click.echo(_say(f"error: {err}" if err.startswith(str(path)) else f"error: {path}: {err}"), err=True)
+    redone = f", redone {len(report.redone)} stale" if report.redone else ""
+    click.echo(f"{verb} {len(report.written)}, skipped {len(report.skipped)} existing{redone}, "
                f"failed {len(report.failed)}", err=True)
     if report.failed:
         sys.exit(1)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        _fail(f"--device {device!r}: not a torch device ({e})")
+    if dev.type == "cuda" and not (torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()):
+        _fail(f"--device {device}: no such CUDA GPU on this machine "
+              f"({torch.cuda.device_count()} visible); use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        _fail(f"--device {device}: MPS is not available on this machine; use --device cpu")
+
+
+def _load(model, device, **kw):
+    from speechtok.registry import ModelLoadError, load
+
+    try:
+        return load(model, device=device, **kw)
+    except (ModelLoadError, OSError) as e:
+        _fail(f"--model {model}: {e}" if model and not str(e).startswith(str(model)) else e)
 
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output folder (or a .stok file for one input).")
 @click.option("--model", default=None, help="Built-in model name or model directory (default: the built-in default).")
-@click.option("--codebooks", "num_codebooks", type=int, default=None, help="Keep the first N codebooks (lower bitrate).")
+@click.option("--codebooks", "num_codebooks", type=int, default=None,
+              help="Keep the first N codebooks (lower bitrate); 1 <= N <= the model's.")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--batch-size", default=8, show_default=True, type=int)
-@click.option("--force", is_flag=True, help="Overwrite existing outputs (default: skip them, so reruns resume).")
+@click.option("--batch-size", default=8, show_default=True, type=int, help="Files encoded together (>= 1).")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs (default: keep the valid ones made with the "
+                                            "same model and settings, so reruns resume).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def encode(inputs, output, model, num_codebooks, device, batch_size, force, quiet):
     """Encode audio files or directories to .stok codes files (directory trees are mirrored)."""
-    from speechtok.files import encode_files
-    from speechtok.registry import load
+    from speechtok.audio import is_audio_file, is_unsupported_audio
+    from speechtok.codesfile import EXTENSION
+    from speechtok.files import FilesError, encode_files, plan_outputs
 
-    tok = load(model, device=device, encoder_only=True)  # nothing is decoded: skip the decoder's weights
-    _report(encode_files(inputs, output, tok, num_codebooks=num_codebooks, batch_size=batch_size,
-                         force=force, progress=not quiet), "encoded")
+    if batch_size < 1:
+        _fail(f"--batch-size {batch_size}: must be >= 1")
+    if num_codebooks is not None and num_codebooks < 1:
+        _fail(f"--codebooks {num_codebooks}: must be >= 1")
+    _check_device(device)
+    try:
+        plan_outputs(inputs, output, lambda p: is_audio_file(p) or is_unsupported_audio(p), EXTENSION)
+    except FilesError as e:
+        _fail(e)
+    tok = _load(model, device, encoder_only=True)  # nothing is decoded: skip the decoder's weights
+    if num_codebooks is not None and num_codebooks > tok.num_codebooks:
+        _fail(f"--codebooks {num_codebooks}: {tok.model_id} has {tok.num_codebooks} codebooks")
+    try:
+        report = encode_files(inputs, output, tok, num_codebooks=num_codebooks, batch_size=batch_size,
+                              force=force, progress=not quiet)
+    except FilesError as e:
+        _fail(e)
+    _report(report, "encoded")
 
 
 @main.command()
@@ -86,19 +143,35 @@ def encode(inputs, output, model, num_codebooks, device, batch_size, force, quie
 @click.option("--model", default=None, help="Model to decode with (default: the built-in model named in each file).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--format", "audio_format", default="wav", show_default=True, help="Audio file extension.")
+@click.option("--match-source", is_flag=True,
+              help="Write each file at the sample rate and channel count of the audio it was encoded from "
+                   "(recorded in the codes file; default: the model's).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def decode(inputs, output, model, device, audio_format, force, quiet):
+def decode(inputs, output, model, device, audio_format, match_source, force, quiet):
     """Decode .stok codes files or directories back to audio."""
     from pathlib import Path
 
-    from speechtok.files import decode_files
-    from speechtok.registry import load
+    from speechtok.codesfile import EXTENSION
+    from speechtok.files import FilesError, check_audio_format, decode_files, plan_outputs
 
-    if len(inputs) == 1 and Path(output).suffix:
+    _check_device(device)
+    from_output = len(inputs) == 1 and not Path(inputs[0]).is_dir() and bool(Path(output).suffix)
+    if from_output:
         audio_format = Path(output).suffix.lstrip(".")
-    tok = load(model, device=device) if model else None
-    _report(decode_files(inputs, output, tok, force=force, audio_format=audio_format, progress=not quiet), "decoded")
+    try:
+        plan_outputs(inputs, output, lambda p: p.suffix == EXTENSION, "." + audio_format.lstrip(".").lower())
+        fmt = check_audio_format(audio_format)
+    except FilesError as e:
+        _fail(f"-o {output}: .{audio_format} is not an audio format this build writes" if from_output and
+              str(e).startswith("--format") else e)
+    tok = _load(model, device) if model else None
+    try:
+        report = decode_files(inputs, output, tok, force=force, audio_format=fmt, progress=not quiet,
+                              match_source=match_source)
+    except FilesError as e:
+        _fail(e)
+    _report(report, "decoded")
 
 
 @main.command()
@@ -114,18 +187,20 @@ def info(files, as_json):
         try:
             meta = codes_info(f)
         except CodesFileError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {_say(e)}", err=True)
             failed = True
             continue
         if as_json:
-            click.echo(json.dumps(meta))
-        else:
-            click.echo(f"{f}\n  model: {meta['model_id']}\n  duration: {meta['seconds']} s, frames {meta['frames']}"
-                       f" at {meta['frame_rate']} Hz\n  codebooks: {meta['num_codebooks']} "
-                       f"(sizes {meta['codebook_sizes']}, {meta['n_semantic']} semantic)\n"
-                       f"  bitrate: {meta['bitrate']} bit/s nominal, {meta['entropy_bitrate']} bit/s entropy\n"
-                       f"  source: {meta.get('source')}\n  format: v{meta['format_version']}, "
-                       f"speechtok {meta.get('speechtok_version')}")
+            click.echo(json.dumps(meta))  # ensure_ascii: control characters come out escaped
+            continue
+        src = "" if meta.get("source_sample_rate") is None else \
+            f" ({meta['source_sample_rate']} Hz, {meta.get('source_channels')} ch)"
+        click.echo(f"{_say(f)}\n  model: {_say(meta['model_id'])}\n  duration: {meta['seconds']} s, "
+                   f"frames {_say(meta['frames'])} at {meta['frame_rate']} Hz\n  codebooks: {meta['num_codebooks']} "
+                   f"(sizes {_say(meta['codebook_sizes'])}, {meta['n_semantic']} semantic)\n"
+                   f"  bitrate: {meta['bitrate']} bit/s nominal, {meta['entropy_bitrate']} bit/s entropy\n"
+                   f"  source: {_say(meta.get('source'))}{src}\n  format: v{meta['format_version']}, "
+                   f"speechtok {_say(meta.get('speechtok_version'))}")
     if failed:
         sys.exit(1)
 

@@ -21,6 +21,16 @@ def _default_mode() -> int:
     return 0o666 & ~mask
 
 
+TEMP_MARK = ".tmp-"
+
+
+def is_temp_file(path: PathLike) -> bool:
+    """True for a temp file of `atomic_path` (``.<name>.tmp-*``): in flight or left by a crash,
+    never an input or an output."""
+    name = Path(path).name
+    return name.startswith(".") and TEMP_MARK in name
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it is fsynced and renamed onto ``path``.
@@ -30,7 +40,7 @@ def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=suffix or path.suffix, dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", suffix=suffix or path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     mode = _default_mode()

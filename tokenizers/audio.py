@@ -20,6 +20,8 @@ from .atomic import atomic_path
 
 PathLike = Union[str, os.PathLike]
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64")
+# common audio containers libsndfile cannot read (AAC/ALAC in MP4, WMA, WebM): named as unsupported
+UNSUPPORTED_EXTENSIONS = (".m4a", ".m4b", ".mp4", ".aac", ".alac", ".wma", ".webm")
 
 
 class AudioError(ValueError):
@@ -47,6 +49,8 @@ def resample(wav: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
     if wav.shape[-1] == 0:
         return wav.new_zeros(*wav.shape[:-1], 0)
     if wav.dtype == torch.float32 and wav.device.type == "cpu":
+        if wav.shape[-1] > _resample_plan(int(orig_rate), int(new_rate))[2]:
+            return _resample_long(wav, int(orig_rate), int(new_rate))  # = iter_audio_blocks, bitwise
         return _resampler(int(orig_rate), int(new_rate))(wav)
     import torchaudio.functional as AF
 
@@ -109,10 +113,7 @@ def load_audio(path: PathLike, sample_rate: Optional[int] = None, mono: bool = T
     import soundfile as sf
 
     path = Path(path)
-    if not path.is_file():
-        raise AudioError(path, "no such file")
-    if path.stat().st_size == 0:
-        raise AudioError(path, "empty file (0 bytes)")
+    _check_file(path)
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile raises LibsndfileError / RuntimeError / TypeError
@@ -131,10 +132,50 @@ def load_audio(path: PathLike, sample_rate: Optional[int] = None, mono: bool = T
 
 
 def _check_file(path: Path) -> None:
+    """Exists, not empty, a format libsndfile reads, and (for WAV) holds all the samples its header promises."""
     if not path.is_file():
         raise AudioError(path, "no such file")
     if path.stat().st_size == 0:
         raise AudioError(path, "empty file (0 bytes)")
+    if is_unsupported_audio(path):
+        raise AudioError(path, f"unsupported audio format {path.suffix.lower()} (libsndfile reads no AAC/MP4/WMA): "
+                               "convert it first, e.g. `ffmpeg -i IN.m4a OUT.flac`")
+    missing = _wav_missing_frames(path)
+    if missing:
+        raise AudioError(path, f"truncated WAV: its header promises {missing[0]} sample frames, the file holds "
+                               f"{missing[1]} (an incomplete copy or download?)")
+
+
+def _wav_missing_frames(path: Path) -> Optional[tuple[int, int]]:
+    """``(promised, present)`` sample frames of a RIFF/WAVE file whose ``data`` chunk runs past the end of
+    the file; None if it is complete, streamed (size unknown: 0 or 0xFFFFFFFF) or not a RIFF WAV."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos, align = 12, 0
+        for _ in range(1000):  # chunks before "data": fmt, fact, LIST, ... (a few)
+            f.seek(pos)
+            hdr = f.read(16)
+            if len(hdr) < 8:
+                return None
+            cid, n = hdr[:4], int.from_bytes(hdr[4:8], "little")
+            if cid == b"fmt " and len(hdr) >= 16:
+                f.seek(pos + 20)
+                align = int.from_bytes(f.read(2), "little")  # block align: bytes per sample frame
+            if cid == b"data":
+                present = size - (pos + 8)
+                if n in (0, 0xFFFFFFFF) or n <= present or align <= 0:
+                    return None
+                return n // align, present // align
+            pos += 8 + n + (n & 1)
+    return None
+
+
+def is_unsupported_audio(path: PathLike) -> bool:
+    """True for audio containers libsndfile cannot read (`UNSUPPORTED_EXTENSIONS`: .m4a, .aac, ...)."""
+    return Path(path).suffix.lower() in UNSUPPORTED_EXTENSIONS
 
 
 def _unreadable(path: Path, e: Exception) -> AudioError:
@@ -169,15 +210,16 @@ def iter_audio_blocks(path: PathLike, sample_rate: Optional[int] = None, mono: b
     """Read an audio file block by block, with memory bounded by the block rather than the file.
 
     Concatenated along the last axis, the blocks equal ``load_audio(path, sample_rate, mono)[0]``
-    (resampling included) up to float rounding (~1e-6): when the rates differ, each block of input
-    is resampled together with a margin of its neighbours wide enough to cover the sinc kernel.
+    bitwise, resampling included: when the rates differ, both resample in the same fixed segments
+    of input, each with a margin of its neighbours that covers the sinc kernel (`_resample_plan`).
 
     Args:
         path: any format libsndfile reads (wav, flac, ogg/vorbis/opus, mp3, ...).
         sample_rate: output rate (Hz); None keeps the file's rate.
         mono: average channels to one (``C = 1``); False keeps them.
-        block_seconds: seconds of *input* read per block (rounded to the resampler's period, so a
-            block is at least ``orig_rate / gcd(orig_rate, sample_rate)`` input samples).
+        block_seconds: seconds of *input* per block (rounded to the resampler's period, so a
+            block is at least ``orig_rate / gcd(orig_rate, sample_rate)`` input samples). When
+            resampling, input is read a segment (`RESAMPLE_SEGMENT_SECONDS`) ahead.
 
     Yields:
         contiguous float32 CPU ``[C, n]`` blocks at ``sample_rate``; ``n`` is about
@@ -228,6 +270,50 @@ def _sequential_reader(f) -> Callable[[int], np.ndarray]:
     return read
 
 
+# Long inputs are resampled in fixed segments of the input (`_resample_plan`), each together with
+# a margin of its neighbours that covers the sinc kernel, zero-padded at the file's ends to one
+# shape: every segment is the same conv1d call, so a file resampled whole (`resample`) and one
+# read block by block (`iter_audio_blocks`) give bitwise the same samples, whatever the blocks.
+RESAMPLE_SEGMENT_SECONDS = 10.0
+
+
+def _resample_plan(sr: int, new_sr: int) -> tuple[int, int, int, int]:
+    """``(o, n, seg, m)``: ``o`` input samples give ``n`` output samples (rates over their gcd);
+    segments of ``seg`` input samples (a multiple of ``o``, about `RESAMPLE_SEGMENT_SECONDS`) are
+    resampled with ``m`` samples (a multiple of ``o``, > kernel half-width + ``o``) on each side."""
+    g = math.gcd(sr, new_sr)
+    o, n = sr // g, new_sr // g
+    width = int(_resampler(sr, new_sr).width)
+    m = o * (math.ceil(width / o) + 2)
+    seg = o * max(1, round(RESAMPLE_SEGMENT_SECONDS * sr / o))
+    return o, n, seg, m
+
+
+def _resampled_length(length: int, o: int, n: int) -> int:
+    """Output samples torchaudio gives for ``length`` input samples (its own float32 rounding)."""
+    return int(torch.ceil(torch.as_tensor(n * length / o)))
+
+
+def _resample_segment(wav: torch.Tensor, lo: int, sr: int, new_sr: int) -> torch.Tensor:
+    """``wav [..., k]`` is input ``[lo, lo + k)`` (clipped to the file) of the segment
+    ``[pos - m, pos + seg + m)`` -> the ``seg / o * n`` outputs of ``[pos, pos + seg)``."""
+    o, n, seg, m = _resample_plan(sr, new_sr)
+    pos = lo + m
+    left = max(0, -lo)
+    right = seg + 2 * m - left - wav.shape[-1]
+    piece = torch.nn.functional.pad(wav, (left, right)) if left or right else wav
+    return _resampler(sr, new_sr)(piece)[..., m // o * n:(m + seg) // o * n]
+
+
+def _resample_long(wav: torch.Tensor, sr: int, new_sr: int) -> torch.Tensor:
+    """`resample` of a cpu float32 ``[..., L]`` input longer than one segment, segment by segment."""
+    o, n, seg, m = _resample_plan(sr, new_sr)
+    L = wav.shape[-1]
+    outs = [_resample_segment(wav[..., max(0, pos - m):pos + seg + m], pos - m, sr, new_sr)
+            for pos in range(0, L, seg)]
+    return torch.cat(outs, dim=-1)[..., :_resampled_length(L, o, n)]
+
+
 def _iter_blocks(path: Path, sr: int, new_sr: int, mono: bool,
                  block_seconds: float) -> Iterator[torch.Tensor]:
     import soundfile as sf
@@ -262,39 +348,60 @@ def _iter_blocks(path: Path, sr: int, new_sr: int, mono: bool,
             if pos == 0:
                 raise AudioError(path, "empty audio (0 samples)")
             return
+        o, n, _, _ = _resample_plan(sr, new_sr)
+        out_block = n * max(1, round(block_seconds * sr / o))
+        yield from _rechunk(_resampled_segments(read, 1 if mono else f.channels, sr, new_sr, path), out_block)
 
-        # Resample [pos, pos + B) from the segment [pos - m, pos + B + m) (clipped to the file):
-        # pos, B and m are multiples of o, so the segment's outputs line up with the whole file's, and
-        # m covers the kernel's half-width, so the kept outputs see the same input as the whole file's.
-        g = math.gcd(sr, new_sr)
-        o, n = sr // g, new_sr // g
-        width = math.ceil(6 * o / (min(o, n) * 0.99))  # torchaudio: lowpass_filter_width=6, rolloff=0.99
-        m = o * (math.ceil(width / o) + 2)
-        B = o * max(1, round(block_seconds * sr / o))
-        buf = torch.zeros(1 if mono else f.channels, 0)  # input [buf_start, buf_start + buf width)
-        buf_start, pos, eof = 0, 0, False
-        while True:
-            want = pos + B + m
-            chunks = [buf]
-            buf_end = buf_start + buf.shape[-1]
-            while not eof and buf_end < want:
-                wav = read(want - buf_end, buf_end)
-                eof = wav.shape[-1] < want - buf_end
-                chunks.append(wav)
-                buf_end += wav.shape[-1]
-            buf = torch.cat(chunks, dim=-1) if len(chunks) > 1 else buf
-            if buf_end == 0:
-                raise AudioError(path, "empty audio (0 samples)")
-            seg_start = max(0, pos - m)
-            out = resample(buf[:, seg_start - buf_start:], sr, new_sr)
-            a = (pos - seg_start) // o * n
-            if eof and pos + B >= buf_end:
-                yield out[:, a:].contiguous()
-                return
-            yield out[:, a:a + B // o * n].contiguous()
-            pos += B
-            drop = max(0, pos - m) - buf_start
-            buf, buf_start = buf[:, drop:], buf_start + drop
+
+def _resampled_segments(read, channels: int, sr: int, new_sr: int, path: Path) -> Iterator[torch.Tensor]:
+    """Resampled output of a file read with ``read(k, at)``, segment by segment, exactly as
+    `resample` computes it for the whole file (one call if the file fits in one segment)."""
+    o, n, seg, m = _resample_plan(sr, new_sr)
+    buf = torch.zeros(channels, 0)  # input [buf_start, buf_start + buf width)
+    buf_start, pos, eof, done = 0, 0, False, 0
+    while True:
+        want = pos + seg + m
+        chunks = [buf]
+        buf_end = buf_start + buf.shape[-1]
+        while not eof and buf_end < want:
+            wav = read(want - buf_end, buf_end)
+            eof = wav.shape[-1] < want - buf_end
+            chunks.append(wav)
+            buf_end += wav.shape[-1]
+        buf = torch.cat(chunks, dim=-1) if len(chunks) > 1 else buf
+        if buf_end == 0:
+            raise AudioError(path, "empty audio (0 samples)")
+        if eof and pos == 0 and buf_end <= seg:
+            yield resample(buf, sr, new_sr)  # what resample does with a short input
+            return
+        lo = max(0, pos - m)
+        out = _resample_segment(buf[:, lo - buf_start:], pos - m, sr, new_sr)
+        if eof and pos + seg >= buf_end:
+            yield out[:, :_resampled_length(buf_end, o, n) - done]
+            return
+        done += out.shape[-1]
+        yield out
+        pos += seg
+        drop = max(0, pos - m) - buf_start
+        buf, buf_start = buf[:, drop:], buf_start + drop
+
+
+def _rechunk(parts: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
+    """``[C, *]`` pieces -> contiguous ``[C, size]`` blocks (the last one shorter, never empty)."""
+    pending: list[torch.Tensor] = []
+    have = 0
+    for part in parts:
+        pending.append(part)
+        have += part.shape[-1]
+        if have < size:
+            continue
+        joined = torch.cat(pending, dim=-1)
+        cut = have // size * size
+        for i in range(0, cut, size):
+            yield joined[:, i:i + size].contiguous()
+        pending, have = [joined[:, cut:]], have - cut
+    if have:
+        yield torch.cat(pending, dim=-1).contiguous()
 
 
 def save_audio(path: PathLike, wav: torch.Tensor, sample_rate: int, subtype: Optional[str] = None) -> Path:
@@ -313,9 +420,38 @@ def save_audio(path: PathLike, wav: torch.Tensor, sample_rate: int, subtype: Opt
     fmt = path.suffix.lstrip(".").upper() or "WAV"
     if fmt == "OPUS":
         fmt, subtype = "OGG", "OPUS"
-    with atomic_path(path) as tmp:
-        sf.write(str(tmp), data, int(sample_rate), format=fmt, subtype=subtype)
+    try:
+        with atomic_path(path) as tmp:
+            sf.write(str(tmp), data, int(sample_rate), format=fmt, subtype=subtype)
+            if fmt in _LOSSLESS and sf.info(str(tmp)).frames != data.shape[0]:
+                raise OSError(f"wrote {sf.info(str(tmp)).frames} of {data.shape[0]} sample frames")
+    except (OSError, RuntimeError) as e:  # soundfile's LibsndfileError is a RuntimeError
+        raise AudioError(path, f"cannot write ({_write_cause(path.parent, e)})") from e
     return path
+
+
+_LOSSLESS = ("WAV", "FLAC", "AIFF", "W64", "AU")
+
+
+def _write_cause(folder: Path, e: Exception) -> str:
+    """A readable cause for a failed write (libsndfile says only "System error.")."""
+    import errno
+    import shutil
+
+    if isinstance(e, OSError) and e.errno is not None:
+        return f"{e.strerror} [{errno.errorcode.get(e.errno, e.errno)}]"
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+        if not os.access(folder, os.W_OK):
+            return f"permission denied for {folder}"
+        if shutil.disk_usage(folder).free < (1 << 20):
+            return f"no space left on device ({shutil.disk_usage(folder).free} bytes free)"
+    except OSError:
+        pass
+    return f"{type(e).__name__}: {e}"
 
 
 def is_audio_file(path: PathLike) -> bool:

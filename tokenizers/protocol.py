@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Optional, Protocol, runtime_checkable
 
@@ -54,20 +55,64 @@ def length_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
     return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def as_audio_tensor(wav) -> torch.Tensor:
+    """A torch tensor as is; a numpy array converted (no copy unless it is read-only or strided)."""
+    if isinstance(wav, torch.Tensor):
+        return wav
+    import numpy as np
+
+    if not isinstance(wav, np.ndarray):
+        raise TypeError(f"audio must be a torch.Tensor or numpy array, got {type(wav).__name__}")
+    if not (np.issubdtype(wav.dtype, np.floating) and wav.dtype.itemsize >= 4):
+        raise TypeError(f"audio must be float32/float64 samples, got a numpy array of {wav.dtype}")
+    return torch.from_numpy(np.require(wav, requirements=["C", "W"]))
+
+
+def check_sample_rate(sample_rate, what: str = "sample_rate") -> int:
+    """``sample_rate`` as a positive int (Hz, at most `formats.MAX_SAMPLE_RATE`); ValueError otherwise."""
+    import numbers
+
+    from .formats import MAX_SAMPLE_RATE
+
+    ok = isinstance(sample_rate, numbers.Real) and not isinstance(sample_rate, bool) and \
+        math.isfinite(sample_rate) and float(sample_rate).is_integer()
+    if not ok or not 1 <= sample_rate <= MAX_SAMPLE_RATE:
+        raise ValueError(f"{what} must be an integer number of Hz in [1, {MAX_SAMPLE_RATE}], got {sample_rate!r}")
+    return int(sample_rate)
+
+
+def _check_lengths(lengths, B: int, S: int, device) -> torch.Tensor:
+    """``lengths`` as int64 ``[B]`` in ``[0, S]``; ValueError otherwise (non-integer values included)."""
+    if lengths is None:
+        return torch.full((B,), S, dtype=torch.long, device=device)
+    raw = torch.as_tensor(lengths, device=device)
+    if raw.dtype == torch.bool or (raw.is_floating_point() and not bool((raw == raw.round()).all())) \
+            or raw.is_complex():
+        raise ValueError(f"lengths must be whole numbers of samples, got {raw.tolist()}")
+    out = raw.long()
+    if tuple(out.shape) != (B,) or (B and (int(out.max()) > S or int(out.min()) < 0)):
+        raise ValueError(f"lengths must be [B]={B} values in [0, {S}], got {raw.tolist()}")
+    return out
+
+
 def prepare_audio(wav: torch.Tensor, sample_rate: int, target_rate: int, channels: int,
                   lengths: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalize input audio for a model.
 
     Args:
-        wav: ``[B, C, S]`` or ``[C, S]`` float tensor at ``sample_rate``.
+        wav: ``[B, C, S]`` or ``[C, S]`` float tensor (or numpy array) at ``sample_rate``.
         lengths: ``[B]`` valid samples (None: all of ``S``).
         channels: the model's channel count; 1 mixes down, otherwise C must match or be 1.
 
     Returns:
         ``([B, channels, S'] float32 at target_rate with zeros past lengths, lengths' [B])``.
+
+    Raises:
+        TypeError/ValueError: not float audio, wrong dims, no channels, a bad sample rate or
+        lengths, or NaN/inf samples within ``lengths`` (they would encode to valid-looking codes).
     """
-    if not isinstance(wav, torch.Tensor):
-        raise TypeError(f"audio must be a torch.Tensor, got {type(wav).__name__}")
+    wav = as_audio_tensor(wav)
+    sample_rate = check_sample_rate(sample_rate)
     if wav.dim() == 2:
         wav = wav[None]
     if wav.dim() != 3:
@@ -76,11 +121,15 @@ def prepare_audio(wav: torch.Tensor, sample_rate: int, target_rate: int, channel
         raise TypeError(f"audio must be a float tensor, got {wav.dtype}")
     wav = wav.float()
     B, C, S = wav.shape
-    if lengths is None:
-        lengths = torch.full((B,), S, dtype=torch.long, device=wav.device)
-    lengths = torch.as_tensor(lengths, dtype=torch.long, device=wav.device)
-    if tuple(lengths.shape) != (B,) or (B and (int(lengths.max()) > S or int(lengths.min()) < 0)):
-        raise ValueError(f"lengths must be [B]={B} values in [0, {S}], got {lengths.tolist()}")
+    if C == 0:
+        raise ValueError(f"audio has no channels (shape {tuple(wav.shape)})")
+    lengths = _check_lengths(lengths, B, S, wav.device)
+    valid = length_mask(lengths, S)[:, None, :]
+    bad = ~torch.isfinite(wav) & valid
+    if bad.any():
+        items = sorted({int(b) for b in bad.nonzero()[:, 0].unique()[:8]})
+        raise ValueError(f"audio holds {int(bad.sum())} NaN/inf samples (items {items}): clean or drop them")
+    wav = wav.masked_fill(~valid, 0.0)  # padding may hold anything, NaN included
     if C != channels:
         if channels == 1:
             wav = wav.mean(dim=1, keepdim=True)
@@ -88,7 +137,6 @@ def prepare_audio(wav: torch.Tensor, sample_rate: int, target_rate: int, channel
             wav = wav.expand(B, channels, S)
         else:
             raise ValueError(f"model takes {channels} channels, audio has {C}")
-    wav = wav * length_mask(lengths, S)[:, None, :]
     if int(sample_rate) != int(target_rate):
         # per item, so a padded batch resamples exactly as each item alone would
         from .audio import resample
@@ -181,8 +229,12 @@ class BaseTokenizer(torch.nn.Module):
         ``lengths`` ``[B]`` gives valid samples of a zero-padded batch; results equal per-item ones.
         ``num_codebooks`` keeps the first k codebooks (lower bitrate).
         """
-        sr = self.sample_rate if sample_rate is None else int(sample_rate)
-        wav, lengths = prepare_audio(wav.to(self.device), sr, self.sample_rate, self.channels, lengths)
+        sr = self.sample_rate if sample_rate is None else check_sample_rate(sample_rate)
+        k = num_codebooks
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_codebooks):
+            raise ValueError(f"num_codebooks must be an integer in [1, {self.num_codebooks}], got {k!r}")
+        wav = as_audio_tensor(wav).to(self.device)
+        wav, lengths = prepare_audio(wav, sr, self.sample_rate, self.channels, lengths)
         codes = self._encode(wav, lengths)
         if num_codebooks is not None:
             codes = codes.take_codebooks(num_codebooks)
