@@ -18,6 +18,48 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from speechtok.formats import MAX_CODEBOOK_SIZE, MAX_CODEBOOKS, MAX_SAMPLE_RATE, safe_text
+
+
+class CodecConfigError(ValueError):
+    """A codec config value of the wrong type or out of range; the message names the key
+    (``section.field``). Loaders prefix the file's path."""
+
+
+# Bounds on config values, checked before anything is built (a config file read from disk
+# cannot make the loader allocate until out of memory). Generous: Mimi uses 8 layers of 512.
+MAX_LAYERS = 64
+MAX_DIM = 8192              # widths: SEANet channels, d_model, codebook dims
+MAX_FEEDFORWARD = 32768
+MAX_CONTEXT = 1 << 16       # attention window, frames
+MAX_KERNEL = 64
+MAX_RATIO = 64              # one SEANet ratio or the frame stride
+MAX_SCALES = 8              # len(seanet.ratios)
+MAX_WINDOW_FRAMES = 4096
+MAX_AUDIO_CHANNELS = 16
+MAX_ELEMENTS = 10 ** 9      # `estimated_elements`: parameters + one stream's state + one window (~4 GB fp32)
+
+
+def _int(key: str, value, lo: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise CodecConfigError(f"{key} must be an integer, got {safe_text(repr(value), 60)}")
+    if not lo <= value <= hi:
+        raise CodecConfigError(f"{key}={value} is out of range [{lo}, {hi}]")
+
+
+def _float(key: str, value, lo: float, hi: float, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise CodecConfigError(f"{key} must be a finite number, got {safe_text(repr(value), 60)}")
+    if not lo <= value <= hi:
+        raise CodecConfigError(f"{key}={value} is out of range [{lo}, {hi}]")
+
+
+def _choice(key: str, value, choices: tuple) -> None:
+    if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
+        raise CodecConfigError(f"{key} must be one of {list(choices)}, got {safe_text(repr(value), 60)}")
+
 
 @dataclass(frozen=True)
 class SEANetConfig:
@@ -48,6 +90,26 @@ class SEANetConfig:
     pad_mode: str = "constant"
     true_skip: bool = True
 
+    def __post_init__(self):
+        _int("seanet.channels", self.channels, 1, MAX_AUDIO_CHANNELS)
+        _int("seanet.dimension", self.dimension, 1, MAX_DIM)
+        _int("seanet.n_filters", self.n_filters, 1, MAX_DIM)
+        if not isinstance(self.ratios, (tuple, list)) or not 1 <= len(self.ratios) <= MAX_SCALES:
+            raise CodecConfigError(f"seanet.ratios must be a list of 1 to {MAX_SCALES} integers, "
+                                   f"got {safe_text(repr(self.ratios), 60)}")
+        for i, r in enumerate(self.ratios):
+            _int(f"seanet.ratios[{i}]", r, 1, MAX_RATIO)
+        if self.n_filters * 2 ** len(self.ratios) > MAX_DIM:
+            raise CodecConfigError(f"seanet.n_filters={self.n_filters} doubled at each of {len(self.ratios)} "
+                                   f"ratios exceeds {MAX_DIM} channels")
+        for key in ("kernel_size", "last_kernel_size", "residual_kernel_size"):
+            _int(f"seanet.{key}", getattr(self, key), 1, MAX_KERNEL)
+        _int("seanet.n_residual_layers", self.n_residual_layers, 0, 8)
+        _int("seanet.dilation_base", self.dilation_base, 1, 8)
+        _int("seanet.compress", self.compress, 1, self.n_filters)
+        _choice("seanet.pad_mode", self.pad_mode, ("constant", "replicate"))
+        _choice("seanet.true_skip", self.true_skip, (True, False))
+
     @property
     def hop_length(self) -> int:
         return math.prod(self.ratios)
@@ -76,6 +138,19 @@ class TransformerConfig:
     layer_scale: float | None = 0.01
     norm_eps: float = 1e-5
 
+    def __post_init__(self):
+        _int("transformer.d_model", self.d_model, 1, MAX_DIM)
+        _int("transformer.num_heads", self.num_heads, 1, self.d_model)
+        if self.d_model % self.num_heads or self.d_model // self.num_heads % 2:
+            raise CodecConfigError(f"transformer.num_heads={self.num_heads} must divide d_model={self.d_model} "
+                                   "into heads of even width (RoPE)")
+        _int("transformer.num_layers", self.num_layers, 0, MAX_LAYERS)
+        _int("transformer.dim_feedforward", self.dim_feedforward, 1, MAX_FEEDFORWARD)
+        _int("transformer.context", self.context, 1, MAX_CONTEXT)
+        _float("transformer.max_period", self.max_period, 1.0, 1e12)
+        _float("transformer.layer_scale", self.layer_scale, 0.0, 1e6, allow_none=True)
+        _float("transformer.norm_eps", self.norm_eps, 1e-12, 1.0)
+
 
 @dataclass(frozen=True)
 class QuantizerSpec:
@@ -103,12 +178,18 @@ class QuantizerSpec:
     lookup_dim: Optional[int] = None
 
     def __post_init__(self):
+        _int("quantizer.n_q", self.n_q, 1, MAX_CODEBOOKS)
+        _int("quantizer.n_semantic", self.n_semantic, 0, self.n_q - 1)
+        _int("quantizer.codebook_size", self.codebook_size, 2, MAX_CODEBOOK_SIZE)
+        _int("quantizer.codebook_dim", self.codebook_dim, 1, MAX_DIM)
+        if self.lookup_dim is not None:
+            _int("quantizer.lookup_dim", self.lookup_dim, 1, MAX_DIM)
         if self.topology not in (None, "split", "rvq"):
-            raise ValueError(f"quantizer.topology must be 'split', 'rvq' or null, got {self.topology!r}")
+            raise CodecConfigError(f"quantizer.topology must be 'split', 'rvq' or null, got {self.topology!r}")
         if self.lookup not in ("euclidean", "factorized"):
-            raise ValueError(f"quantizer.lookup must be 'euclidean' or 'factorized', got {self.lookup!r}")
+            raise CodecConfigError(f"quantizer.lookup must be 'euclidean' or 'factorized', got {self.lookup!r}")
         if self.topology == "split" and self.n_semantic < 1:
-            raise ValueError("quantizer.topology 'split' needs n_semantic >= 1")
+            raise CodecConfigError("quantizer.topology 'split' needs n_semantic >= 1")
 
 
 @dataclass(frozen=True)
@@ -128,13 +209,28 @@ class CodecConfig:
     window_frames: int = 16
 
     def __post_init__(self):
+        for key, cls in _SECTIONS.items():
+            if not isinstance(getattr(self, key), cls):
+                raise CodecConfigError(f"{key} must be a {cls.__name__}, got {type(getattr(self, key)).__name__}")
+        if not isinstance(self.name, str) or not self.name or len(self.name) > 200:
+            raise CodecConfigError(f"name must be a non-empty string, got {safe_text(repr(self.name), 60)}")
+        _int("sample_rate", self.sample_rate, 1, MAX_SAMPLE_RATE)
+        _int("frame_stride", self.frame_stride, 1, MAX_RATIO)
+        _int("window_frames", self.window_frames, 1, MAX_WINDOW_FRAMES)
+        if self.upsample_groups is not None:
+            _int("upsample_groups", self.upsample_groups, 1, self.seanet.dimension)
+            if self.seanet.dimension % self.upsample_groups:
+                raise CodecConfigError(f"upsample_groups={self.upsample_groups} must divide "
+                                       f"seanet.dimension={self.seanet.dimension}")
         if self.transformer.d_model != self.seanet.dimension:
-            raise ValueError(f"transformer.d_model={self.transformer.d_model} must equal "
+            raise CodecConfigError(f"transformer.d_model={self.transformer.d_model} must equal "
                              f"seanet.dimension={self.seanet.dimension}")
         if not 0 <= self.quantizer.n_semantic < self.quantizer.n_q or self.quantizer.n_q < 1:
-            raise ValueError(f"need 0 <= n_semantic < n_q, got {self.quantizer}")
-        if self.frame_stride < 1 or self.window_frames < 1:
-            raise ValueError("frame_stride and window_frames must be >= 1")
+            raise CodecConfigError(f"need 0 <= quantizer.n_semantic < quantizer.n_q, got {self.quantizer}")
+        size = estimated_elements(self)
+        if size > MAX_ELEMENTS:
+            raise CodecConfigError(f"the config describes a codec of about {size:.3g} floats (parameters and "
+                                   f"streaming state), more than the {MAX_ELEMENTS:.0e} allowed")
 
     @property
     def hop_length(self) -> int:
@@ -153,39 +249,72 @@ class CodecConfig:
         return dataclasses.asdict(self)
 
 
+def estimated_elements(cfg: CodecConfig) -> int:
+    """About how many floats building ``cfg`` and streaming one item allocate: parameters (encoder
+    and decoder; codebooks with their EMA sums), one stream's attention caches and the first
+    SEANet layer's output for one window. An estimate, within a small factor, for bounding."""
+    sn, tr, q = cfg.seanet, cfg.transformer, cfg.quantizer
+    widths = [sn.n_filters * 2 ** i for i in range(len(sn.ratios) + 1)]
+    seanet = sn.channels * widths[0] * sn.kernel_size + widths[-1] * sn.dimension * sn.last_kernel_size
+    for i, r in enumerate(sn.ratios):
+        w = widths[i]
+        seanet += sn.n_residual_layers * (w * (w // sn.compress) * sn.residual_kernel_size + w * w) \
+            + w * widths[i + 1] * 2 * r
+    d = tr.d_model
+    transformer = tr.num_layers * (4 * d * d + 2 * d * tr.dim_feedforward)
+    resample = 2 * d * d * 2 * cfg.frame_stride
+    codebooks = q.n_q * q.codebook_size * (q.lookup_dim or q.codebook_dim) * 3
+    state = 2 * tr.num_layers * 2 * tr.context * d
+    window = cfg.window_frames * cfg.hop_length * widths[0]
+    return 2 * (seanet + transformer) + resample + codebooks + state + window
+
+
 _SECTIONS = {"seanet": SEANetConfig, "transformer": TransformerConfig, "quantizer": QuantizerSpec}
 
 
-def _section(cls, value: Any):
+def _section(cls, value: Any, key: str = ""):
     if isinstance(value, cls):
         return value
     if not isinstance(value, Mapping):
-        raise TypeError(f"{cls.__name__}: expected a mapping, got {type(value).__name__}")
+        raise CodecConfigError(f"{key or cls.__name__} must be a mapping, got {type(value).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - names)
+    unknown = sorted(map(str, set(value) - names))
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown fields {unknown}; valid: {sorted(names)}")
+        raise CodecConfigError(f"{key or cls.__name__}: unknown fields {[safe_text(u, 40) for u in unknown[:5]]}; "
+                               f"valid: {sorted(names)}")
     kw = dict(value)
-    if "ratios" in kw:
+    if isinstance(kw.get("ratios"), list):
         kw["ratios"] = tuple(kw["ratios"])
     return cls(**kw)
 
 
 def config_from_dict(d: Mapping[str, Any]) -> CodecConfig:
     """Build a `CodecConfig` from ``to_dict()`` output, or ``{"preset": name, **overrides}``
-    (overrides may be nested sections given partially, e.g. ``{"quantizer": {"n_q": 8}}``)."""
+    (overrides may be nested sections given partially, e.g. ``{"quantizer": {"n_q": 8}}``).
+
+    Every value is checked for type and range before anything is built; unknown keys are refused.
+    Raises `CodecConfigError` (or KeyError for an unknown preset) naming the key."""
+    if not isinstance(d, Mapping):
+        raise CodecConfigError(f"the codec config must be a mapping, got {type(d).__name__}")
     d = dict(d)
+    if "preset" in d and not isinstance(d["preset"], str):
+        raise CodecConfigError(f"preset must be a string, got {safe_text(repr(d['preset']), 60)}")
     base = preset(d.pop("preset")) if "preset" in d else CodecConfig()
     kw: dict[str, Any] = {}
+    fields = {f.name for f in dataclasses.fields(CodecConfig)}
     for key, value in d.items():
         if key in _SECTIONS:
+            if dataclasses.is_dataclass(value):
+                value = dataclasses.asdict(value)
+            if not isinstance(value, Mapping):
+                raise CodecConfigError(f"{key} must be a mapping, got {type(value).__name__}")
             cur = dataclasses.asdict(getattr(base, key))
-            cur.update(value if not dataclasses.is_dataclass(value) else dataclasses.asdict(value))
-            kw[key] = _section(_SECTIONS[key], cur)
-        elif key in {f.name for f in dataclasses.fields(CodecConfig)}:
+            cur.update(value)
+            kw[key] = _section(_SECTIONS[key], cur, key)
+        elif key in fields:
             kw[key] = value
         else:
-            raise ValueError(f"CodecConfig: unknown field {key!r}")
+            raise CodecConfigError(f"unknown field {safe_text(repr(key), 60)}; valid: {sorted(fields | {'preset'})}")
     return dataclasses.replace(base, **kw)
 
 

@@ -23,7 +23,10 @@ from typing import Mapping
 
 import torch
 
-from .config import CodecConfig, QuantizerSpec, SEANetConfig, TransformerConfig
+from speechtok.formats import MAX_SAMPLE_RATE, read_json, safe_text
+
+from .config import (MAX_RATIO, MAX_SCALES, CodecConfig, CodecConfigError, QuantizerSpec, SEANetConfig,
+                     TransformerConfig)
 
 _RENAMES_V5 = [  # transformers >= 5 in-memory names -> checkpoint names
     (r"^encoder\.encoder_seanet\.", "encoder."),
@@ -39,56 +42,116 @@ class MimiImportError(ValueError):
     """A Mimi checkpoint or config cannot be mapped (names the file and the problem)."""
 
 
+# HF MimiConfig keys behind speechtok config keys (to name the file's key in errors).
+_HF_KEYS = {
+    "sample_rate": "sampling_rate", "frame_stride": "frame_rate", "upsample_groups": "upsample_groups",
+    "seanet.channels": "audio_channels", "seanet.dimension": "hidden_size", "seanet.n_filters": "num_filters",
+    "seanet.ratios": "upsampling_ratios", "seanet.kernel_size": "kernel_size",
+    "seanet.last_kernel_size": "last_kernel_size", "seanet.residual_kernel_size": "residual_kernel_size",
+    "seanet.n_residual_layers": "num_residual_layers", "seanet.dilation_base": "dilation_growth_rate",
+    "seanet.compress": "compress", "seanet.pad_mode": "pad_mode", "transformer.d_model": "hidden_size",
+    "transformer.num_heads": "num_attention_heads", "transformer.num_layers": "num_hidden_layers",
+    "transformer.dim_feedforward": "intermediate_size", "transformer.context": "sliding_window",
+    "transformer.max_period": "rope_theta", "transformer.layer_scale": "layer_scale_initial_scale",
+    "transformer.norm_eps": "norm_eps", "quantizer.n_q": "num_quantizers",
+    "quantizer.n_semantic": "num_semantic_quantizers", "quantizer.codebook_size": "codebook_size",
+    "quantizer.codebook_dim": "vector_quantization_hidden_dimension",
+}
+
+
+def _get(g: Mapping, key: str, kind, default, allow_none: bool = False):
+    """``g[key]`` (``default`` if absent) checked for type (bools are not numbers); ranges are
+    checked by `CodecConfig`."""
+    value = g.get(key, default)
+    if value is None and allow_none:
+        return None
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise MimiImportError(f"Mimi config {key!r} must be {'a number' if kind is float else kind.__name__}, "
+                              f"got {safe_text(repr(value), 60)}")
+    return value
+
+
 def config_from_hf_mimi(hf: Mapping, name: str = "mimi") -> CodecConfig:
-    """`CodecConfig` equivalent to a HF ``MimiConfig`` (as a dict, e.g. parsed ``config.json``)."""
+    """`CodecConfig` equivalent to a HF ``MimiConfig`` (as a dict, e.g. parsed ``config.json``).
+
+    Every value used is checked for type and range (`CodecConfig`'s bounds) before anything is
+    built; raises `MimiImportError` naming the HF key."""
+    if not isinstance(hf, Mapping):
+        raise MimiImportError(f"Mimi config must be a JSON object, got {type(hf).__name__}")
     g = dict(hf)
 
     def need(key, value, why):
         if g.get(key, value) != value:
-            raise MimiImportError(f"unsupported Mimi config: {key}={g.get(key)!r} ({why})")
+            raise MimiImportError(f"unsupported Mimi config: {key}={safe_text(repr(g.get(key)), 60)} ({why})")
 
     need("use_causal_conv", True, "speechtok's codec is causal")
     need("trim_right_ratio", 1.0, "only full right trimming is supported")
     need("hidden_act", "gelu", "the MLP uses exact GELU")
     need("attention_bias", False, "attention has no bias")
-    heads = int(g.get("num_attention_heads", 8))
+    heads = _get(g, "num_attention_heads", int, 8)
     need("num_key_value_heads", heads, "grouped-query attention is not supported")
-    hidden = int(g.get("hidden_size", 512))
-    head_dim = g.get("head_dim") or hidden // heads
+    hidden = _get(g, "hidden_size", int, 512)
+    if not 1 <= heads <= hidden:
+        raise MimiImportError(f"Mimi config num_attention_heads={heads} is out of range [1, hidden_size={hidden}]")
+    head_dim = _get(g, "head_dim", int, None, allow_none=True) or hidden // heads
     if head_dim * heads != hidden:
         raise MimiImportError(f"unsupported Mimi config: head_dim={head_dim} x heads={heads} != hidden_size={hidden}")
-    ratios = tuple(int(r) for r in (g.get("upsampling_ratios") or (8, 6, 5, 4)))
-    sr = int(g.get("sampling_rate", 24000))
+    ratios = _get(g, "upsampling_ratios", list, [8, 6, 5, 4], allow_none=True) or [8, 6, 5, 4]
+    if not ratios or len(ratios) > MAX_SCALES or not all(isinstance(r, int) and not isinstance(r, bool)
+                                                          and 1 <= r <= MAX_RATIO for r in ratios):
+        raise MimiImportError(f"Mimi config 'upsampling_ratios' must be 1 to {MAX_SCALES} integers in "
+                              f"[1, {MAX_RATIO}], got {safe_text(repr(ratios), 60)}")
+    ratios = tuple(ratios)
+    sr = _get(g, "sampling_rate", int, 24000)
+    if not 1 <= sr <= MAX_SAMPLE_RATE:
+        raise MimiImportError(f"Mimi config sampling_rate={sr} is out of range [1, {MAX_SAMPLE_RATE}]")
     hop = math.prod(ratios)
-    frame_rate = g.get("_frame_rate") or g.get("frame_rate") or sr / (hop * 2)
+    frame_rate = next((g[k] for k in ("_frame_rate", "frame_rate") if g.get(k) is not None), sr / (hop * 2))
+    if not isinstance(frame_rate, (int, float)) or isinstance(frame_rate, bool) or not 0 < frame_rate <= sr:
+        raise MimiImportError(f"Mimi config 'frame_rate' must be a number in (0, sampling_rate], "
+                              f"got {safe_text(repr(frame_rate), 60)}")
     stride = int(math.ceil(sr / hop) / frame_rate)
-    rope = g.get("rope_parameters") or {}
-    theta = float(rope.get("rope_theta", g.get("rope_theta", 10000.0)))
+    rope = _get(g, "rope_parameters", dict, None, allow_none=True) or {}
+    theta = _get(rope, "rope_theta", float, _get(g, "rope_theta", float, 10000.0))
     if rope.get("rope_type", "default") != "default":
-        raise MimiImportError(f"unsupported Mimi config: rope_type={rope.get('rope_type')!r}")
-    vq_dim = int(g.get("vector_quantization_hidden_dimension", 256))
-    cb_dim = g.get("codebook_dim", 256)  # MimiConfig's default; None means hidden_size
-    cb_dim = int(hidden if cb_dim is None else cb_dim)
+        raise MimiImportError(f"unsupported Mimi config: rope_type={safe_text(repr(rope.get('rope_type')), 60)}")
+    vq_dim = _get(g, "vector_quantization_hidden_dimension", int, 256)
+    cb_dim = _get(g, "codebook_dim", int, 256, allow_none=True)  # MimiConfig's default; None means hidden_size
+    cb_dim = hidden if cb_dim is None else cb_dim
     if cb_dim != vq_dim:
         raise MimiImportError(f"unsupported Mimi config: codebook_dim={cb_dim} != vector_quantization_hidden_dimension={vq_dim}")
-    return CodecConfig(
-        name=name, sample_rate=sr,
-        seanet=SEANetConfig(
-            channels=int(g.get("audio_channels", 1)), dimension=hidden, n_filters=int(g.get("num_filters", 64)),
-            ratios=ratios, kernel_size=int(g.get("kernel_size", 7)), last_kernel_size=int(g.get("last_kernel_size", 3)),
-            residual_kernel_size=int(g.get("residual_kernel_size", 3)),
-            n_residual_layers=int(g.get("num_residual_layers", 1)), dilation_base=int(g.get("dilation_growth_rate", 2)),
-            compress=int(g.get("compress", 2)), pad_mode=str(g.get("pad_mode", "constant")),
-            true_skip=not bool(g.get("use_conv_shortcut", False))),
-        transformer=TransformerConfig(
-            d_model=hidden, num_heads=heads, num_layers=int(g.get("num_hidden_layers", 8)),
-            dim_feedforward=int(g.get("intermediate_size", 2048)), context=int(g.get("sliding_window", 250)),
-            max_period=theta, layer_scale=g.get("layer_scale_initial_scale", 0.01),
-            norm_eps=float(g.get("norm_eps", 1e-5))),
-        quantizer=QuantizerSpec(n_q=int(g.get("num_quantizers", 32)), n_semantic=int(g.get("num_semantic_quantizers", 1)),
-                                codebook_size=int(g.get("codebook_size", 2048)), codebook_dim=vq_dim),
-        frame_stride=stride, upsample_groups=int(g.get("upsample_groups", hidden)),
-    )
+    try:
+        return CodecConfig(
+            name=name, sample_rate=sr,
+            seanet=SEANetConfig(
+                channels=_get(g, "audio_channels", int, 1), dimension=hidden, n_filters=_get(g, "num_filters", int, 64),
+                ratios=ratios, kernel_size=_get(g, "kernel_size", int, 7),
+                last_kernel_size=_get(g, "last_kernel_size", int, 3),
+                residual_kernel_size=_get(g, "residual_kernel_size", int, 3),
+                n_residual_layers=_get(g, "num_residual_layers", int, 1),
+                dilation_base=_get(g, "dilation_growth_rate", int, 2), compress=_get(g, "compress", int, 2),
+                pad_mode=_get(g, "pad_mode", str, "constant"),
+                true_skip=not _get(g, "use_conv_shortcut", bool, False)),
+            transformer=TransformerConfig(
+                d_model=hidden, num_heads=heads, num_layers=_get(g, "num_hidden_layers", int, 8),
+                dim_feedforward=_get(g, "intermediate_size", int, 2048),
+                context=_get(g, "sliding_window", int, 250), max_period=float(theta),
+                layer_scale=_get(g, "layer_scale_initial_scale", float, 0.01, allow_none=True),
+                norm_eps=float(_get(g, "norm_eps", float, 1e-5))),
+            quantizer=QuantizerSpec(n_q=_get(g, "num_quantizers", int, 32),
+                                    n_semantic=_get(g, "num_semantic_quantizers", int, 1),
+                                    codebook_size=_get(g, "codebook_size", int, 2048), codebook_dim=vq_dim),
+            frame_stride=stride, upsample_groups=_get(g, "upsample_groups", int, hidden),
+        )
+    except CodecConfigError as e:
+        hf_key = _HF_KEYS.get(str(e).split("=")[0].split(" ")[0].split("[")[0], "config")
+        raise MimiImportError(f"Mimi config {hf_key!r}: {e}") from e
 
 
 def convert_hf_mimi_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -150,7 +213,7 @@ def load_hf_mimi_dir(directory, meta: dict | None = None, device: str = "cpu", e
     directory = Path(directory)
     hf_cfg = (meta or {}).get("config")
     if hf_cfg is None:
-        hf_cfg = json.loads((directory / "config.json").read_text())
+        hf_cfg = read_json(directory / "config.json", MimiImportError, "Mimi config")
     try:
         cfg = config_from_hf_mimi(hf_cfg)
     except MimiImportError as e:

@@ -109,23 +109,51 @@ class CodecTokenizer(BaseTokenizer):
     def encode_file(self, path: Union[str, Path], num_codebooks: Optional[int] = None,
                     block_seconds: float = 30.0) -> Codes:
         """Encode an audio file of any length in bounded memory: read (and resample) it in blocks
-        of ``block_seconds`` and feed them through a stream. The codes equal ``encode`` of the
-        whole file (the stream is exact); memory does not grow with the file's duration.
+        of ``block_seconds`` and feed them through a stream.
+
+        The codes equal ``encode`` of the whole file (``load_audio`` at the model's rate) bitwise,
+        by construction: the blocks equal the whole file's samples (`iter_audio_blocks`), and they
+        are regrouped into the pieces the offline path runs (`_window_pieces`: ``window_frames``
+        frames each, the last zero-padded to whole frames), so every model call has the same input
+        and shape. Memory does not grow with the file's duration.
 
         Returns `Codes` ``[1, K, T]`` with ``audio_lengths`` set. Raises `AudioError` naming the file.
         """
         from speechtok.audio import fit_channels, iter_audio_blocks
 
-        parts, total = [], 0
+        blocks = (fit_channels(path, b, self.channels)
+                  for b in iter_audio_blocks(path, self.sample_rate, mono=self.channels == 1,
+                                             block_seconds=block_seconds))
+        parts, total = [], [0]
         with self.stream(1, num_codebooks) as s:
-            for block in iter_audio_blocks(path, self.sample_rate, mono=self.channels == 1,
-                                           block_seconds=block_seconds):
-                block = fit_channels(path, block, self.channels)
-                total += block.shape[-1]
-                parts.append(s.encode(block[None]))
-            parts.append(s.flush())
-        lengths = torch.tensor([total])
+            for piece in self._window_pieces(blocks, total):
+                parts.append(s.encode(piece[None]))
+            parts.append(s.flush())  # nothing pending: every piece is whole frames
+        lengths = torch.tensor([total[0]])
         return self.make_codes(torch.cat(parts, dim=-1).cpu(), self.num_frames(lengths), audio_lengths=lengths)
+
+    def _window_pieces(self, blocks, total: list):
+        """``[C, n]`` blocks -> the pieces `_encode` gives the model for their concatenation: ``[C,
+        window_frames * hop]`` each, then the rest zero-padded to whole frames (if any). ``total[0]``
+        counts the samples seen."""
+        step = self.cfg.window_frames * self.hop_length
+        pending: list[torch.Tensor] = []
+        have = 0
+        for block in blocks:
+            total[0] += block.shape[-1]
+            pending.append(block)
+            have += block.shape[-1]
+            if have < step:
+                continue
+            joined = torch.cat(pending, dim=-1)
+            cut = have // step * step
+            for i in range(0, cut, step):
+                yield joined[:, i:i + step]
+            pending, have = [joined[:, cut:]], have - cut
+        if have:
+            rest = torch.cat(pending, dim=-1)
+            pad = -have % self.hop_length
+            yield torch.nn.functional.pad(rest, (0, pad)) if pad else rest
 
     # ------------------------------------------------------------------ offline
     def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
