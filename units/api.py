@@ -12,12 +12,17 @@ from typing import Any, Optional
 
 import torch
 
+from speechtok.formats import MAX_BATCH, check_format, get_field, read_json
+
 from .features.base import FeatureError
 from .featstore import FeatureStore, FeatureWriter
 from .kmeans import KMeansConfig, KMeansModel, train_kmeans
 from .segment import SegmenterConfig, pool_segments, segment
 
 EXTRACTORS = ("mfcc", "logmel", "hubert", "wavlm", "whisper")
+EXTRACTOR_FILE = "extractor.json"  # beside a feature store's index: how its features were made
+EXTRACTOR_FORMAT = "speechtok.extractor"
+EXTRACTOR_FORMAT_VERSION = 1
 
 
 def make_extractor(kind: str, checkpoint: Optional[str] = None, layer: Optional[int] = None,
@@ -101,6 +106,7 @@ def extract_to_store(source: Any, extractor, out_dir, batch_seconds: Optional[fl
 
         bar = tqdm(total=len(items), desc="features", unit="utt")
     with FeatureWriter(out_dir, extractor.spec, shard_rows=shard_rows, dtype=dtype) as w:
+        write_extractor_file(w, extractor)
         for batch in batches:
             wavs = [_load(it, extractor.sample_rate) for it in batch]
             lengths = torch.tensor([x.shape[0] for x in wavs], dtype=torch.long)
@@ -117,6 +123,78 @@ def extract_to_store(source: Any, extractor, out_dir, batch_seconds: Optional[fl
     return FeatureStore(out_dir)
 
 
+def write_extractor_file(writer: FeatureWriter, extractor) -> Path:
+    """Write ``extractor.json`` (the one place it is written): ``{"format", "format_version",
+    "extractor": extractor_config(ext)}``. It describes, and never locates, the extractor: no
+    checkpoint path and no pickle permission are ever read back from it."""
+    import json
+
+    from speechtok.atomic import atomic_write_text
+
+    from .features import extractor_config
+
+    desc = {"format": EXTRACTOR_FORMAT, "format_version": EXTRACTOR_FORMAT_VERSION,
+            "extractor": extractor_config(extractor)}
+    path = writer.dir / EXTRACTOR_FILE
+    atomic_write_text(path, json.dumps(desc, indent=2, sort_keys=True) + "\n")
+    writer.extra_files.append(EXTRACTOR_FILE)
+    return path
+
+
+def _extractor_options(store: FeatureStore) -> tuple[dict, Path]:
+    """The extractor ``config`` recorded in ``store``'s ``extractor.json`` ({} when absent or a
+    pre-format file, whose ``checkpoint``/``trust_pickle`` keys are ignored)."""
+    path = store.dir / EXTRACTOR_FILE
+    if not path.is_file():
+        return {}, path
+    meta = read_json(path, FeatureError, "extractor description")
+    if isinstance(meta, dict) and "format" not in meta and "kind" in meta:  # the CLI's pre-format description
+        return {}, path
+    check_format(meta, path, EXTRACTOR_FORMAT, EXTRACTOR_FORMAT_VERSION, FeatureError, "extractor description")
+    ext = get_field(meta, "extractor", dict, path, FeatureError, "extractor description")
+    return get_field(ext, "config", dict, path, FeatureError, "extractor description"), path
+
+
+def extractor_for_store(store: FeatureStore, checkpoint: Optional[str] = None, trust_pickle: bool = False,
+                        device: str = "cpu"):
+    """Rebuild the extractor that made ``store``'s features, checked against the store's spec.
+
+    The kind and layer come from the store; weights only from the caller's ``checkpoint`` (and
+    ``trust_pickle`` only from the caller): a store never names a file to load.
+    """
+    spec, (opts, path) = store.spec, _extractor_options(store)
+
+    def f(key, kind, **kw):
+        return get_field(opts, key, kind, path, FeatureError, "extractor config", **kw)
+
+    if spec.kind in ("mfcc", "logmel"):
+        if checkpoint is not None:
+            raise FeatureError(f"{store.dir}: {spec.kind} features take no checkpoint")
+        from .features.mfcc import MFCCConfig, MFCCExtractor
+
+        ext = MFCCExtractor(MFCCConfig.from_dict(opts or spec.options, path if opts else store.dir / "index.json"))
+    elif checkpoint is None:
+        raise FeatureError(f"{store.dir}: these {spec.kind} features (layer {spec.layer}, weights sha256 "
+                           f"{spec.checkpoint_hash[:12]}) need the checkpoint they were made with; pass it "
+                           "(--checkpoint, and --trust-pickle only for a fairseq .pt you trust)")
+    elif spec.kind == "whisper":
+        ext = make_extractor("whisper", checkpoint=checkpoint, device=device,
+                             compute_type=f("compute_type", str, default="float32"),
+                             batch_size=f("batch_size", int, lo=1, hi=MAX_BATCH, default=8))
+    elif spec.kind in ("hubert", "wavlm", "wav2vec2"):
+        ext = make_extractor(spec.kind, checkpoint=checkpoint, layer=spec.layer, trust_pickle=trust_pickle,
+                             device=device, normalize_audio=f("normalize_audio", bool,
+                                                              default=bool(spec.options.get("normalize_audio"))),
+                             window_s=f("window_s", float, lo=1.0, hi=3600.0, default=30.0),
+                             context_s=f("context_s", float, lo=0.0, hi=60.0, default=1.0))
+    else:
+        from speechtok.formats import safe_text
+
+        raise FeatureError(f"{store.dir}: unknown feature kind {safe_text(repr(spec.kind), 40)}")
+    ext.spec.check_compatible(spec, what=f"feature store {store.dir}")
+    return ext
+
+
 def pooled_features(store: FeatureStore, config: SegmenterConfig, max_utterances: Optional[int] = None):
     """Segment every utterance of ``store`` and mean-pool: ``[N_segments, D]`` float32."""
     out = []
@@ -131,9 +209,11 @@ def pooled_features(store: FeatureStore, config: SegmenterConfig, max_utterances
 
 def train_unit_tokenizer(store: FeatureStore, extractor, n_clusters: int, backend: str = "faiss",
                          sample_rows: Optional[int] = None, dedup: bool = False,
-                         segmenter: Optional[SegmenterConfig] = None, seed: int = 0, name: str = "units",
+                         segmenter: Optional[SegmenterConfig] = None, seed: int = 0, name: Optional[str] = None,
                          kmeans: Optional[KMeansModel] = None):
-    """k-means on ``store`` (frame features, or segment-pooled ones with ``segmenter``) -> `UnitTokenizer`."""
+    """k-means on ``store`` (frame features, or segment-pooled ones with ``segmenter``) -> `UnitTokenizer`.
+
+    ``name`` (in ``model_id``) defaults to one describing it, e.g. ``mfcc-km500-dedup``."""
     from .tokenizer import UnitTokenizer
 
     extractor.spec.check_compatible(store.spec, what=f"feature store {store.dir}")

@@ -6,6 +6,7 @@ Layout of a feature store directory::
                              "dim", "dtype", "num_rows", "shards": [{"file", "rows"}],
                              "utterances": [{"id", "shard", "start", "length"}]}
     shard-00000.safetensors one tensor "feats" [rows, D] (utterances concatenated frame-wise)
+    extractor.json          how the features were made (`speechtok.units.api.write_extractor_file`)
 
 Shards are written atomically as they fill; the index last, so a half-written store never looks
 complete. Reading memory-maps the shards: `FeatureStore.sample` reads only the rows it draws
@@ -20,14 +21,16 @@ from typing import Iterator, Optional, Union
 
 import numpy as np
 
-from speechtok.formats import read_versioned_json
+from speechtok.formats import get_field, read_versioned_json, safe_text
 
-from .features.base import FeatureError, FeatureSpec
+from .features.base import MAX_FEATURE_DIM, FeatureError, FeatureSpec
 
 FORMAT = "speechtok.featstore"
 FORMAT_VERSION = 1
 INDEX = "index.json"
 _DTYPES = {"F32": np.float32, "F16": np.float16}
+_TAGS = {"float32": "F32", "float16": "F16"}
+MAX_HEADER = 100 << 20  # safetensors' own limit on a header
 
 
 class FeatureWriter:
@@ -41,6 +44,7 @@ class FeatureWriter:
         if dtype not in ("float32", "float16"):
             raise FeatureError(f"feature store dtype must be float32 or float16, got {dtype!r}")
         self.dir = Path(directory)
+        self._created = not self.dir.exists()
         self.dir.mkdir(parents=True, exist_ok=True)
         if (self.dir / INDEX).exists():
             raise FeatureError(f"{self.dir}: already holds a feature store ({INDEX}); pick a new directory")
@@ -50,6 +54,7 @@ class FeatureWriter:
         self.shards: list[dict] = []
         self.utterances: list[dict] = []
         self._ids: set[str] = set()
+        self.extra_files: list[str] = []  # files beside the shards (extractor.json), removed on failure
 
     def add(self, utt_id: str, feats) -> None:
         """Append one utterance ``[T, D]`` (torch or numpy)."""
@@ -96,20 +101,78 @@ class FeatureWriter:
     def __exit__(self, exc_type, *_):
         if exc_type is None:
             self.close()
+        else:
+            self.discard()
+
+    def discard(self) -> None:
+        """Remove what this writer wrote (after a failure: no partial store is left behind)."""
+        for s in self.shards:
+            (self.dir / s["file"]).unlink(missing_ok=True)
+        for extra in self.extra_files:
+            (self.dir / extra).unlink(missing_ok=True)
+        self.shards, self._buf, self._buf_rows = [], [], 0
+        if self._created and self.dir.is_dir() and not any(self.dir.iterdir()):
+            self.dir.rmdir()
 
 
-def _memmap_safetensors(path: Path, name: str = "feats") -> np.memmap:
-    """Memory-map one tensor of a safetensors file (header: u64 size + JSON)."""
+def _memmap_safetensors(path: Path, rows: int, dim: int, dtype: str, name: str = "feats") -> np.memmap:
+    """Memory-map one tensor of a safetensors file (header: u64 size + JSON), checked to be
+    ``[rows, dim]`` of ``dtype`` and to lie inside the file."""
     try:
+        size = path.stat().st_size
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
+            if n > min(MAX_HEADER, size - 8):
+                raise ValueError(f"header size {n} exceeds the file")
             header = json.loads(f.read(n))
         info = header[name]
-        dtype = _DTYPES[info["dtype"]]
-        start, _ = info["data_offsets"]
-    except (OSError, KeyError, ValueError, struct.error) as e:
-        raise FeatureError(f"{path}: unreadable feature shard ({e})") from e
-    return np.memmap(path, dtype=dtype, mode="r", offset=8 + n + start, shape=tuple(info["shape"]))
+        start, end = (int(v) for v in info["data_offsets"])
+        shape = tuple(int(v) for v in info["shape"])
+    except (OSError, KeyError, TypeError, ValueError, struct.error) as e:
+        raise FeatureError(f"{path}: unreadable feature shard ({safe_text(e, 120)})") from e
+    if info.get("dtype") != _TAGS[dtype] or shape != (rows, dim):
+        raise FeatureError(f"{path}: shard holds {safe_text(info.get('dtype'), 20)} {shape}, the index says "
+                           f"{_TAGS[dtype]} ({rows}, {dim})")
+    nbytes = rows * dim * np.dtype(dtype).itemsize
+    if start < 0 or end - start != nbytes or 8 + n + end > size:
+        raise FeatureError(f"{path}: shard data offsets {start}..{end} do not fit {nbytes} bytes in a {size}-byte file")
+    if nbytes == 0:  # numpy cannot map zero bytes
+        return np.zeros(shape, dtype=_DTYPES[_TAGS[dtype]])
+    return np.memmap(path, dtype=_DTYPES[_TAGS[dtype]], mode="r", offset=8 + n + start, shape=shape)
+
+
+def _check_index(index: dict, path: Path) -> tuple[FeatureSpec, int, str]:
+    """Validate a feature store index (types, ranges, shard names, utterance spans); return
+    (spec, dim, dtype). Shard files must be plain names inside the store directory."""
+    def f(d, key, kind, what="feature store index", **kw):
+        return get_field(d, key, kind, path, FeatureError, what, **kw)
+
+    spec = FeatureSpec.from_dict(f(index, "spec", dict), path)
+    dim = f(index, "dim", int, lo=1, hi=MAX_FEATURE_DIM)
+    if dim != spec.dim:
+        raise FeatureError(f"{path}: 'dim'={dim} differs from the spec's dim {spec.dim}")
+    dtype = f(index, "dtype", str)
+    if dtype not in _TAGS:
+        raise FeatureError(f"{path}: 'dtype' must be float32 or float16, got {safe_text(repr(dtype), 40)}")
+    num_rows = f(index, "num_rows", int, lo=0)
+    shards = f(index, "shards", list)
+    for s in shards:
+        name = f(s, "file", str, "shard entry")
+        f(s, "rows", int, "shard entry", lo=0)
+        if Path(name).name != name or name in ("", ".", "..") or not name.endswith(".safetensors"):
+            raise FeatureError(f"{path}: shard file {safe_text(repr(name), 80)} must be a .safetensors file name "
+                               "inside the store directory")
+    if sum(s["rows"] for s in shards) != num_rows:
+        raise FeatureError(f"{path}: 'num_rows'={num_rows} differs from the shards' total rows")
+    for u in f(index, "utterances", list):
+        f(u, "id", str, "utterance entry")
+        sh = f(u, "shard", int, "utterance entry", lo=0, hi=len(shards) - 1)
+        start = f(u, "start", int, "utterance entry", lo=0)
+        length = f(u, "length", int, "utterance entry", lo=0)
+        if start + length > shards[sh]["rows"]:
+            raise FeatureError(f"{path}: utterance {safe_text(repr(u['id']), 80)} spans rows {start}..{start + length} "
+                               f"past the {shards[sh]['rows']} rows of shard {sh}")
+    return spec, dim, dtype
 
 
 class FeatureStore:
@@ -122,8 +185,7 @@ class FeatureStore:
             raise FeatureError(f"{self.dir}: not a feature store (no {INDEX}; was the writer closed?)")
         index = read_versioned_json(path, FORMAT, FORMAT_VERSION, FeatureError, "feature store index")
         self.index = index
-        self.spec = FeatureSpec.from_dict(index["spec"])
-        self.dim = int(index["dim"])
+        self.spec, self.dim, self.dtype = _check_index(index, path)
         self.num_rows = int(index["num_rows"])
         self.utterances = index["utterances"]
         self._offsets = np.cumsum([0] + [s["rows"] for s in index["shards"]])
@@ -135,7 +197,8 @@ class FeatureStore:
 
     def _shard(self, i: int) -> np.memmap:
         if i not in self._maps:
-            self._maps[i] = _memmap_safetensors(self.dir / self.index["shards"][i]["file"])
+            sh = self.index["shards"][i]
+            self._maps[i] = _memmap_safetensors(self.dir / sh["file"], sh["rows"], self.dim, self.dtype)
         return self._maps[i]
 
     def utterance(self, i: int) -> np.ndarray:

@@ -20,9 +20,9 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from speechtok.formats import check_format
+from speechtok.formats import MAX_CODEBOOK_SIZE, check_format, safe_text
 
-from .features.base import FeatureError, FeatureSpec
+from .features.base import MAX_FEATURE_DIM, FeatureError, FeatureSpec
 from .featstore import FeatureStore
 
 FORMAT = "speechtok.kmeans"
@@ -63,8 +63,10 @@ class KMeansConfig:
     sklearn_reassignment_ratio: float = 0.0
 
     def __post_init__(self):
-        if self.n_clusters < 1:
-            raise FeatureError(f"n_clusters must be >= 1, got {self.n_clusters}")
+        if type(self.n_clusters) is not int or not 1 <= self.n_clusters <= MAX_CODEBOOK_SIZE:
+            raise FeatureError(f"n_clusters must be an int in [1, {MAX_CODEBOOK_SIZE}], got {self.n_clusters!r}")
+        if self.sample_rows is not None and (type(self.sample_rows) is not int or self.sample_rows < 1):
+            raise FeatureError(f"sample_rows must be None or an int >= 1, got {self.sample_rows!r}")
         if self.init not in ("k-means++", "random"):
             raise FeatureError(f"k-means init must be 'k-means++' or 'random', got {self.init!r}")
         if self.backend not in ("faiss", "sklearn"):
@@ -169,10 +171,31 @@ class KMeansModel:
                 meta = f.metadata() or {}
                 cents = f.get_tensor("centroids")
         except Exception as e:  # safetensors raises its own types
-            raise FeatureError(f"{path}: unreadable k-means file ({e})") from e
+            raise FeatureError(f"{path}: unreadable k-means file ({safe_text(e, 120)})") from e
         check_format(meta, path, FORMAT, FORMAT_VERSION, FeatureError, "k-means file")
-        spec = json.loads(meta.get("spec", "null"))
-        return cls(cents, FeatureSpec.from_dict(spec) if spec else None, json.loads(meta.get("info", "{}")))
+        check_centroids(cents, path)
+        try:
+            spec, info = json.loads(meta.get("spec", "null")), json.loads(meta.get("info", "{}"))
+        except json.JSONDecodeError as e:
+            raise FeatureError(f"{path}: k-means metadata is not valid JSON ({e})") from e
+        if not isinstance(info, dict):
+            raise FeatureError(f"{path}: k-means 'info' must be a JSON object")
+        spec = FeatureSpec.from_dict(spec, path) if spec is not None else None
+        if spec is not None and spec.dim != cents.shape[1]:
+            raise FeatureError(f"{path}: {cents.shape[1]}-d centroids but the feature spec says dim {spec.dim}")
+        return cls(cents, spec, info)
+
+
+def check_centroids(cents, path) -> None:
+    """Refuse centroids that are not a finite float ``[K, D]`` with K, D within bounds."""
+    if not isinstance(cents, torch.Tensor) or cents.dim() != 2 or not cents.is_floating_point():
+        raise FeatureError(f"{path}: centroids must be a float [K, D] tensor, got "
+                           f"{getattr(cents, 'dtype', type(cents).__name__)} {tuple(getattr(cents, 'shape', ()))}")
+    K, D = cents.shape
+    if not 1 <= K <= MAX_CODEBOOK_SIZE or not 1 <= D <= MAX_FEATURE_DIM:
+        raise FeatureError(f"{path}: centroids [{K}, {D}] outside [1, {MAX_CODEBOOK_SIZE}] x [1, {MAX_FEATURE_DIM}]")
+    if not bool(torch.isfinite(cents).all()):
+        raise FeatureError(f"{path}: centroids hold NaN or Inf")
 
 
 # --------------------------------------------------------------------------- training
@@ -280,9 +303,14 @@ def import_kmeans_pickle(path: Union[str, Path], trust_pickle: bool = False,
     try:
         km = joblib.load(path)
     except Exception as e:
-        raise FeatureError(f"{path}: cannot read k-means pickle ({e})") from e
+        raise FeatureError(f"{path}: cannot read k-means pickle ({safe_text(e, 120)})") from e
     cents = getattr(km, "cluster_centers_", None)
     if cents is None:
-        raise FeatureError(f"{path}: pickle holds {type(km).__name__}, not a fitted sklearn k-means")
-    return KMeansModel(torch.as_tensor(np.asarray(cents, dtype=np.float32)), spec,
+        raise FeatureError(f"{path}: pickle holds {safe_text(type(km).__name__, 60)}, not a fitted sklearn k-means")
+    try:
+        cents = torch.as_tensor(np.asarray(cents, dtype=np.float32))
+    except (TypeError, ValueError) as e:
+        raise FeatureError(f"{path}: cluster_centers_ is not a float matrix ({safe_text(e, 80)})") from e
+    check_centroids(cents, path)
+    return KMeansModel(cents, spec,
                        {"imported_from": path.name, "source_class": type(km).__name__})

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -27,6 +28,7 @@ from typing import Optional
 import torch
 
 from speechtok.codes import Codes
+from speechtok.formats import MAX_CODEBOOK_SIZE, check_format, get_field, safe_text
 from speechtok.protocol import BaseTokenizer, Waveform
 
 from .features import build_extractor, extractor_config, extractor_state
@@ -35,6 +37,30 @@ from .kmeans import KMeansModel
 from .segment import SegmenterConfig, pool_segments, segment
 
 CONFIG_VERSION = 1
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+
+
+def check_name(name, where: str = "unit tokenizer") -> str:
+    """``name`` if it is a valid model name (1-64 of ``A-Za-z0-9._+-``, starting alphanumeric)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise FeatureError(f"{where}: name {safe_text(repr(name), 80)} must be 1-64 characters of A-Za-z0-9._+- "
+                           "starting with a letter or digit")
+    return name
+
+
+def sanitize_name(text: str, fallback: str = "units") -> str:
+    """A valid model name made from ``text`` (e.g. an output directory's name): other characters -> '-'."""
+    s = re.sub(r"[^A-Za-z0-9._+-]+", "-", str(text)).lstrip("._+-")[:64]
+    return s if _NAME.fullmatch(s) else fallback
+
+
+def default_name(spec: FeatureSpec, n_clusters: int, dedup: bool = False,
+                 segmenter: Optional[SegmenterConfig] = None) -> str:
+    """A descriptive name for a user-trained tokenizer, e.g. ``mfcc-km500-dedup``, ``hubert-l6-km500``."""
+    parts = [spec.kind + (f"-l{spec.layer}" if spec.layer >= 0 else ""), f"km{n_clusters}"]
+    parts += ["dedup"] if dedup else []
+    parts += [f"{segmenter.method}{segmenter.target_rate:g}hz"] if segmenter else []
+    return sanitize_name("-".join(parts))
 
 
 class UnitTokenizer(BaseTokenizer):
@@ -45,7 +71,7 @@ class UnitTokenizer(BaseTokenizer):
         kmeans: centroids trained on this extractor's features (pooled ones if ``segmenter``).
         dedup: merge repeated units (``durations`` set).
         segmenter: syllable segmentation config (None: frame units).
-        name: model name used in ``model_id``.
+        name: model name used in ``model_id`` (default: `default_name`, e.g. ``mfcc-km500-dedup``).
         bpe: optional `UnitBPE` applied last (trained on this tokenizer's units).
 
     ``vocoder`` (a `UnitVocoder`, see `set_vocoder`) makes `decode` available.
@@ -54,7 +80,7 @@ class UnitTokenizer(BaseTokenizer):
     accepts_durations = True  # `decode` expands durations itself (BPE tokens first spell their units)
 
     def __init__(self, extractor, kmeans: KMeansModel, dedup: bool = False,
-                 segmenter: Optional[SegmenterConfig] = None, name: str = "units", bpe=None):
+                 segmenter: Optional[SegmenterConfig] = None, name: Optional[str] = None, bpe=None):
         super().__init__()
         spec: FeatureSpec = extractor.spec
         if kmeans.dim != spec.dim:
@@ -67,7 +93,7 @@ class UnitTokenizer(BaseTokenizer):
         self.spec = spec
         self.dedup = bool(dedup)
         self.segmenter = segmenter
-        self.name = name
+        self.name = check_name(name if name is not None else default_name(spec, kmeans.n_clusters, dedup, segmenter))
         self.sample_rate = int(spec.sample_rate)
         self.channels = 1
         self.frame_rate = float(spec.frame_rate)
@@ -207,7 +233,7 @@ class UnitTokenizer(BaseTokenizer):
     # ----------------------------------------------------------------- persistence
     def config_dict(self) -> dict:
         return {"config_version": CONFIG_VERSION, "features": extractor_config(self.extractor),
-                "spec": self.spec.to_dict(), "n_clusters": self.codebook_sizes[0], "dedup": self.dedup,
+                "spec": self.spec.to_dict(), "n_clusters": self.units_codebook_sizes[0], "dedup": self.dedup,
                 "segmenter": asdict(self.segmenter) if self.segmenter else None, "kmeans_info": self.kmeans_info,
                 "bpe": {"tokenizer": json.loads(self.bpe.tok.to_str()), "meta": self.bpe.meta} if self.bpe else None,
                 "vocoder": vocoder_section(self.vocoder) if self.vocoder is not None else None}
@@ -223,36 +249,87 @@ class UnitTokenizer(BaseTokenizer):
         return save_model_dir(directory, kind="units", name=self.name, config=self.config_dict(), state_dict=state)
 
 
+def _read_units_config(directory: Path, meta: dict, state: dict):
+    """Check a units ``config.json`` (types, ranges, sizes against the weights) before building
+    anything; returns (name, config dict, spec, segmenter or None). Raises `FeatureError`."""
+    path = Path(directory) / "config.json"
+
+    def f(d, key, kind, what="units config", **kw):
+        return get_field(d, key, kind, path, FeatureError, what, **kw)
+
+    name = check_name(f(meta, "name", str, "model config"), str(path))
+    cfg = f(meta, "config", dict, "model config")
+    f(cfg, "config_version", int, lo=1, hi=CONFIG_VERSION)
+    f(cfg, "features", dict)
+    spec = FeatureSpec.from_dict(f(cfg, "spec", dict), path)
+    K = f(cfg, "n_clusters", int, lo=1, hi=MAX_CODEBOOK_SIZE)
+    f(cfg, "dedup", bool, default=False)
+    f(cfg, "kmeans_info", dict, default={})
+    seg = f(cfg, "segmenter", dict, default=None, allow_none=True)
+    if seg is not None:
+        seg = SegmenterConfig(method=f(seg, "method", str, "units segmenter"),
+                              target_rate=f(seg, "target_rate", float, "units segmenter", lo=1e-3, hi=1000.0))
+    if "centroids" not in state:
+        raise FeatureError(f"{directory}: the weights file holds no 'centroids'")
+    from .kmeans import check_centroids
+
+    check_centroids(state["centroids"], f"{directory} centroids")
+    # K: the centroids (older files with a BPE stage wrote the BPE vocabulary here)
+    if state["centroids"].shape[1] != spec.dim or cfg.get("bpe") is None and state["centroids"].shape[0] != K:
+        raise FeatureError(f"{directory}: centroids are {tuple(state['centroids'].shape)}, the config says "
+                           f"n_clusters={K} of dim {spec.dim}")
+    return name, cfg, spec, seg
+
+
 def load_units_dir(directory: Path, meta: dict, device: str = "cpu") -> UnitTokenizer:
-    """Registry loader for kind ``"units"`` (see `speechtok.registry`)."""
+    """Registry loader for kind ``"units"`` (see `speechtok.registry`); every value of
+    ``config.json`` is checked before anything is built."""
     from speechtok.registry import ModelLoadError, load_weights
 
-    cfg = meta.get("config", {})
-    if int(cfg.get("config_version", -1)) > CONFIG_VERSION:
-        raise ModelLoadError(f"{directory}: units config version {cfg.get('config_version')} is newer than "
-                             f"supported ({CONFIG_VERSION}); upgrade speechtok")
     try:
         state, _ = load_weights(Path(directory), device="cpu")
+        name, cfg, spec, seg = _read_units_config(directory, meta, state)
         ext_state = {k[len("extractor."):]: v for k, v in state.items() if k.startswith("extractor.")}
-        extractor = build_extractor(cfg["features"], ext_state or None, device=device)
-        spec = FeatureSpec.from_dict(cfg["spec"])
-        seg = SegmenterConfig(**cfg["segmenter"]) if cfg.get("segmenter") else None
+        extractor = build_extractor(cfg["features"], ext_state or None, device=device,
+                                    path=Path(directory) / "config.json")
         km = KMeansModel(state["centroids"], spec, cfg.get("kmeans_info", {}))
-    except (KeyError, TypeError, FeatureError) as e:
-        raise ModelLoadError(f"{directory}: invalid units model ({type(e).__name__}: {e})") from e
-    tok = UnitTokenizer(extractor, km, dedup=bool(cfg.get("dedup")), segmenter=seg, name=meta.get("name", "units"))
-    if cfg.get("bpe"):
-        import tokenizers as hf
-
-        from speechtok.bpe import UnitBPE
-
-        tok.set_bpe(UnitBPE(hf.Tokenizer.from_str(json.dumps(cfg["bpe"]["tokenizer"])), cfg["bpe"]["meta"]))
-    if cfg.get("vocoder"):
-        try:
+        tok = UnitTokenizer(extractor, km, dedup=cfg.get("dedup", False), segmenter=seg, name=name)
+        if cfg.get("bpe") is not None:
+            tok.set_bpe(_load_bpe_section(directory, cfg["bpe"]))
+        if cfg.get("vocoder") is not None:
             tok.set_vocoder(load_vocoder_section(directory, cfg["vocoder"], state))
-        except FeatureError as e:
-            raise ModelLoadError(f"{directory}: {e}") from e
+    except (KeyError, TypeError, FeatureError) as e:
+        msg = str(e) if isinstance(e, FeatureError) else f"{type(e).__name__}: {e}"
+        raise ModelLoadError(f"{directory}: invalid units model ({safe_text(msg, 300)})") from e
     return tok.to(device)
+
+
+def _load_bpe_section(directory, section) -> "object":
+    """The BPE stage stored in a units ``config.json`` (its HF tokenizer JSON + metadata), checked."""
+    import tokenizers as hf
+
+    from speechtok.bpe import FORMAT as BPE_FORMAT, FORMAT_VERSION as BPE_VERSION, UnitBPE
+
+    path = Path(directory) / "config.json"
+
+    def f(d, key, kind, **kw):
+        return get_field(d, key, kind, path, FeatureError, "units BPE section", **kw)
+
+    if not isinstance(section, dict):
+        raise FeatureError(f"{path}: 'bpe' must be a JSON object or null")
+    tok_json, bmeta = f(section, "tokenizer", dict), f(section, "meta", dict)
+    check_format(bmeta, path, BPE_FORMAT, BPE_VERSION, FeatureError, "units BPE section")
+    sizes = f(bmeta, "codebook_sizes", list)
+    if len(sizes) != 1 or not all(type(v) is int and 1 <= v <= MAX_CODEBOOK_SIZE for v in sizes):
+        raise FeatureError(f"{path}: units BPE 'codebook_sizes' must be one int in [1, {MAX_CODEBOOK_SIZE}]")
+    f(bmeta, "base_model_id", str)
+    try:
+        tok = hf.Tokenizer.from_str(json.dumps(tok_json))
+    except Exception as e:  # the HF tokenizers library raises its own exception type
+        raise FeatureError(f"{path}: unreadable BPE tokenizer ({safe_text(e, 120)})") from e
+    if not 1 <= tok.get_vocab_size() <= MAX_CODEBOOK_SIZE:
+        raise FeatureError(f"{path}: BPE vocabulary of {tok.get_vocab_size()} outside [1, {MAX_CODEBOOK_SIZE}]")
+    return UnitBPE(tok, bmeta)
 
 
 def vocoder_section(vocoder) -> dict:
@@ -263,21 +340,23 @@ def vocoder_section(vocoder) -> dict:
 
 
 def load_vocoder_section(directory, section: dict, state: dict):
-    """Rebuild the vocoder of a units directory from its ``config.json`` section + ``vocoder.*`` tensors."""
-    from speechtok.registry import ModelLoadError
-
+    """Rebuild the vocoder of a units directory from its ``config.json`` section + ``vocoder.*``
+    tensors; the config is checked and its tensor shapes compared with the weights before
+    anything is allocated. Raises `FeatureError` (a `VocoderError`) naming the file."""
     from .vocoder import VOCODER_VERSION, UnitVocoderConfig, VocoderError, build_vocoder
 
-    if int(section.get("version", -1)) > VOCODER_VERSION:
-        raise ModelLoadError(f"{directory}: vocoder version {section.get('version')} is newer than supported "
-                             f"({VOCODER_VERSION}); upgrade speechtok")
-    try:
-        voc = build_vocoder(UnitVocoderConfig.from_dict(section["config"]))
-        vstate = {k[len("vocoder."):]: v for k, v in state.items() if k.startswith("vocoder.")}
-        missing, unexpected = voc.load_state_dict(vstate, strict=False)
-        if missing or unexpected:
-            raise VocoderError(f"vocoder tensors do not match its config (missing {missing[:4]}, "
-                               f"unexpected {unexpected[:4]})")
-    except (KeyError, TypeError, VocoderError) as e:
-        raise ModelLoadError(f"{directory}: invalid vocoder ({type(e).__name__}: {e})") from e
+    path = Path(directory) / "config.json"
+    get_field(section, "version", int, path, VocoderError, "units vocoder section", lo=1, hi=VOCODER_VERSION)
+    vcfg = UnitVocoderConfig.from_dict(get_field(section, "config", dict, path, VocoderError,
+                                                 "units vocoder section"), path)
+    vstate = {k[len("vocoder."):]: v for k, v in state.items() if k.startswith("vocoder.")}
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in build_vocoder(vcfg).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in vstate.items()}
+    if want != got:
+        diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+        raise VocoderError(f"{path}: vocoder tensors do not match its config (e.g. {diff[:3]}: "
+                           f"{[got.get(k) for k in diff[:3]]} vs {[want.get(k) for k in diff[:3]]})")
+    voc = build_vocoder(vcfg)
+    voc.load_state_dict(vstate)
     return voc

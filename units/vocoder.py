@@ -21,6 +21,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from speechtok.formats import MAX_CODEBOOK_SIZE, MAX_SAMPLE_RATE, get_field, safe_text
+
 from .features.base import FeatureError
 
 VOCODER_VERSION = 1
@@ -81,12 +83,32 @@ class UnitVocoderConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "UnitVocoderConfig":
+    def from_dict(cls, d: dict, path="vocoder config") -> "UnitVocoderConfig":
+        """A config read from ``path``, every size checked for type and range (see `_BOUNDS`)."""
         names = set(cls.__dataclass_fields__)
+        if not isinstance(d, dict):
+            raise VocoderError(f"{path}: vocoder config must be a JSON object")
         unknown = sorted(set(d) - names)
         if unknown:
-            raise VocoderError(f"unknown vocoder config keys {unknown}; valid: {sorted(names)}")
-        return cls(**d)
+            raise VocoderError(f"{path}: unknown vocoder config keys {safe_text(unknown, 80)}; valid: {sorted(names)}")
+        kw = {}
+        for key, (kind, lo, hi) in _BOUNDS.items():
+            default = cls.__dataclass_fields__[key].default
+            kw[key] = get_field(d, key, kind, path, VocoderError, "vocoder config", lo=lo, hi=hi,
+                                **({} if key == "n_units" else {"default": default}))
+        ratios = d.get("ratios", cls.ratios)
+        if not isinstance(ratios, (list, tuple)) or not 1 <= len(ratios) <= 8 or \
+                not all(type(r) is int and 1 <= r <= 64 for r in ratios):
+            raise VocoderError(f"{path}: vocoder config 'ratios' must be 1-8 ints in [1, 64], "
+                               f"got {safe_text(ratios, 60)}")
+        return cls(**kw, ratios=tuple(ratios))
+
+
+_BOUNDS = {  # key -> (type, lo, hi) of a vocoder config read from a file
+    "n_units": (int, 1, MAX_CODEBOOK_SIZE), "sample_rate": (int, 1, MAX_SAMPLE_RATE),
+    "frame_rate": (float, 1e-3, MAX_SAMPLE_RATE), "units_model_id": (str, None, None),
+    "embed_dim": (int, 1, 4096), "context_layers": (int, 0, 64), "context_kernel": (int, 1, 255),
+    "n_filters": (int, 1, 1024), "n_residual_layers": (int, 0, 16)}
 
 
 class ContextBlock(nn.Module):

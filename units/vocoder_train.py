@@ -15,7 +15,8 @@ stay empty (no teacher). See ``units/configs/vocoder-mfcc-16k-cpu.json``.
 Python::
 
     from speechtok.units.vocoder_train import train_vocoder
-    train_vocoder("units-mfcc-500", "vocoder.json", "runs/voc", export_to="units-mfcc-500-voc")
+    train_vocoder("units-mfcc-500", "vocoder.json", "runs/voc", data=["train.jsonl"],
+                  export_to="units-mfcc-500-voc")
     speechtok.load("units-mfcc-500-voc").decode(codes)
 
 Only the vocoder is checkpointed and optimized; the tokenizer is not a submodule of the generator.
@@ -28,7 +29,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -109,13 +110,16 @@ def vocoder_config_from_train(model_section: dict, tokenizer) -> UnitVocoderConf
     if unknown:
         raise VocoderError(f"unknown vocoder config keys {unknown} in the training config's model section")
     sizes = {k: v for k, v in sec.items() if k not in _FROM_TOKENIZER}
-    cfg = vocoder_config_for(tokenizer, **sizes)
+    if "ratios" not in sizes:  # a factorization of the tokenizer's hop
+        sizes["ratios"] = list(vocoder_config_for(tokenizer).ratios)
+    cfg = UnitVocoderConfig.from_dict({**sizes, **want}, "training config 'model' section")
     check_vocoder_matches(cfg, tokenizer)
     return cfg
 
 
 def train_vocoder(tokenizer: Union[str, Path, object], config, run_dir, steps: Optional[int] = None,
-                  export_to: Optional[Union[str, Path]] = None, resume: bool = True) -> VocoderRun:
+                  export_to: Optional[Union[str, Path]] = None, resume: bool = True,
+                  data: Sequence[str] = ()) -> VocoderRun:
     """Train (or resume) a unit vocoder for ``tokenizer`` (a unit tokenizer directory or object).
 
     Args:
@@ -123,11 +127,15 @@ def train_vocoder(tokenizer: Union[str, Path, object], config, run_dir, steps: O
         run_dir: checkpoints and logs; an existing run resumes exactly.
         steps: train until this total step count (default: ``config.steps``).
         export_to: write the tokenizer directory with the trained vocoder attached (atomic).
+        data: training manifests/audio folders; replace the config's ``data.train`` (the shipped
+            configs name none). Neither given: `TrainConfigError`.
     """
     from speechtok.codec.train import CodecTrainer, load_train_config
     from speechtok.codec.train import ddp
+    from speechtok.codec.train.config import with_train_data
 
     cfg = config if not isinstance(config, (str, Path)) else load_train_config(config)
+    cfg = with_train_data(cfg, data, str(config) if isinstance(config, (str, Path)) else "training config")
     if cfg.distill.teacher is not None:
         raise VocoderError("a vocoder training config takes no distillation teacher (distill.teacher must be null)")
     tok = _as_tokenizer(tokenizer)
@@ -157,7 +165,11 @@ def _check_run_dir(run_dir: Path, vcfg: UnitVocoderConfig, resume: bool) -> None
 
     path = run_dir / RUN_FILE
     if resume and path.is_file():
-        old = json.loads(path.read_text())
+        from speechtok.formats import read_json
+
+        old = read_json(path, VocoderError, "vocoder run file")
+        if not isinstance(old, dict):
+            raise VocoderError(f"{path}: vocoder run file must be a JSON object")
         if old != vcfg.to_dict():
             diff = sorted(k for k in set(old) | set(vcfg.to_dict()) if old.get(k) != vcfg.to_dict().get(k))
             raise VocoderError(f"{path}: this run trains another vocoder (differs in {diff}); "

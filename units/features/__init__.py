@@ -6,8 +6,10 @@ lengths [B], spec)``. `extractor_config` / `build_extractor` turn an extractor i
 """
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Optional
+
+from speechtok.formats import get_field, safe_text
 
 from .base import LAYER_CONVENTION, FeatureError, FeatureExtractor, Features, FeatureSpec
 
@@ -36,25 +38,28 @@ def extractor_state(ext) -> dict:
     return dict(ext.model.state_dict()) if isinstance(ext, SSLExtractor) else {}
 
 
-def build_extractor(desc: dict, state_dict: Optional[dict] = None, device: str = "cpu"):
-    """Inverse of `extractor_config` (+ `extractor_state`)."""
-    kind = desc.get("type")
+def build_extractor(desc: dict, state_dict: Optional[dict] = None, device: str = "cpu", path="extractor"):
+    """Inverse of `extractor_config` (+ `extractor_state`); ``desc`` read from ``path`` is checked."""
+    kind = get_field(desc, "type", str, path, FeatureError, "feature extractor")
+    get_field(desc, "config", dict, path, FeatureError, "feature extractor")
     if kind == "mfcc":
         from .mfcc import MFCCConfig, MFCCExtractor
 
-        return MFCCExtractor(MFCCConfig(**desc["config"]))
+        return MFCCExtractor(MFCCConfig.from_dict(desc["config"], path))
     if kind == "ssl":
         from .ssl import SSLConfig, build_ssl_extractor
 
         if not state_dict:
             raise FeatureError("an SSL extractor needs its weights (none were saved)")
-        ext = build_ssl_extractor(SSLConfig.from_dict(desc["config"]), state_dict, desc.get("checkpoint_hash"))
+        ext = build_ssl_extractor(SSLConfig.from_dict(desc["config"], path), state_dict,
+                                  get_field(desc, "checkpoint_hash", str, path, FeatureError, "SSL extractor",
+                                            default=None, allow_none=True))
         return ext.to(device)
     if kind == "whisper":
         from .whisper import WhisperConfig, WhisperExtractor
 
-        cfg = dict(desc["config"])
+        cfg = WhisperConfig.from_dict(desc["config"], path)
         if str(device).startswith("cuda"):
-            cfg["device"] = "cuda"
-        return WhisperExtractor(WhisperConfig(**cfg))
-    raise FeatureError(f"unknown feature extractor type {kind!r} (known: mfcc, ssl, whisper)")
+            cfg = replace(cfg, device="cuda")
+        return WhisperExtractor(cfg)
+    raise FeatureError(f"{path}: unknown feature extractor type {safe_text(repr(kind), 40)} (known: mfcc, ssl, whisper)")

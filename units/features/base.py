@@ -17,11 +17,27 @@ from typing import Optional, Protocol, runtime_checkable
 
 import torch
 
+from speechtok.formats import MAX_SAMPLE_RATE, get_field
+
 LAYER_CONVENTION = "block-output-1based;0=pre-transformer (fairseq output_layer=L, HF hidden_states[L])"
+
+
+# Bounds on feature sizes read from files (checked before anything is allocated).
+MAX_FEATURE_DIM = 1 << 16
+MAX_LAYER = 1024
 
 
 class FeatureError(ValueError):
     """Bad input to, or a mismatch between, feature extractors and the artefacts built on them."""
+
+
+def check_keys(d: dict, known, path, what: str) -> None:
+    """Raise `FeatureError` naming ``path`` when ``d`` has keys outside ``known``."""
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        from speechtok.formats import safe_text
+
+        raise FeatureError(f"{path}: {what} has unknown keys {safe_text(unknown, 80)}; valid: {sorted(known)}")
 
 
 @dataclass(frozen=True)
@@ -52,9 +68,18 @@ class FeatureSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FeatureSpec":
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**known)
+    def from_dict(cls, d: dict, path="feature spec") -> "FeatureSpec":
+        """The spec of a JSON dict read from ``path``, every field checked for type and range."""
+        def f(key, kind, **kw):
+            return get_field(d, key, kind, path, FeatureError, "feature spec", **kw)
+
+        return cls(kind=f("kind", str), layer=f("layer", int, lo=-1, hi=MAX_LAYER),
+                   frame_rate=f("frame_rate", float, lo=1e-3, hi=MAX_SAMPLE_RATE),
+                   dim=f("dim", int, lo=1, hi=MAX_FEATURE_DIM),
+                   sample_rate=f("sample_rate", int, lo=1, hi=MAX_SAMPLE_RATE),
+                   checkpoint_hash=f("checkpoint_hash", str),
+                   layer_convention=f("layer_convention", str, default=LAYER_CONVENTION),
+                   options=f("options", dict, default={}))
 
     def digest(self) -> str:
         """sha256 over the JSON form: two specs with the same digest produce the same numbers."""

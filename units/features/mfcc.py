@@ -13,7 +13,9 @@ from typing import Optional
 
 import torch
 
-from .base import Features, FeatureError, FeatureSpec, check_audio, pad_stack
+from speechtok.formats import MAX_SAMPLE_RATE, get_field
+
+from .base import Features, FeatureError, FeatureSpec, check_audio, check_keys, pad_stack
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,20 @@ class MFCCConfig:
     def __post_init__(self):
         if self.kind not in ("mfcc", "logmel"):
             raise FeatureError(f"MFCCConfig.kind must be 'mfcc' or 'logmel', got {self.kind!r}")
+        if not 1000 <= self.sample_rate <= MAX_SAMPLE_RATE or not 1 <= self.n_mels <= 1024:
+            raise FeatureError(f"MFCCConfig: sample_rate {self.sample_rate} outside [1000, {MAX_SAMPLE_RATE}] "
+                               f"or n_mels {self.n_mels} outside [1, 1024]")
+
+    @classmethod
+    def from_dict(cls, d: dict, path="MFCC config") -> "MFCCConfig":
+        """A config read from ``path``, each field checked for type and range."""
+        def f(key, kind, **kw):
+            return get_field(d, key, kind, path, FeatureError, "MFCC config", **kw)
+
+        check_keys(d, cls.__dataclass_fields__, path, "MFCC config")
+        return cls(kind=f("kind", str, default="mfcc"), sample_rate=f("sample_rate", int, lo=1000, hi=MAX_SAMPLE_RATE,
+                                                                       default=16000),
+                   n_mels=f("n_mels", int, lo=1, hi=1024, default=80), deltas=f("deltas", bool, default=True))
 
 
 class MFCCExtractor:

@@ -65,11 +65,40 @@ class SSLConfig:
                 "sample_rate": self.sample_rate, "window_s": self.window_s, "context_s": self.context_s}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SSLConfig":
-        arch = dict(d["arch"])
-        arch["extractor_conv_layer_config"] = [tuple(t) for t in arch["extractor_conv_layer_config"]]
-        return cls(kind=d["kind"], layer=int(d["layer"]), arch=arch, normalize_audio=bool(d["normalize_audio"]),
-                   sample_rate=int(d["sample_rate"]), window_s=float(d["window_s"]), context_s=float(d["context_s"]))
+    def from_dict(cls, d: dict, path="SSL config") -> "SSLConfig":
+        """A config read from ``path``: every field and architecture size checked for type and range."""
+        from speechtok.formats import MAX_SAMPLE_RATE, get_field
+
+        def f(src, key, kind, what="SSL config", **kw):
+            return get_field(src, key, kind, path, FeatureError, what, **kw)
+
+        arch = dict(f(d, "arch", dict))
+        for key, (lo, hi) in _ARCH_BOUNDS.items():
+            if key in arch:
+                f(arch, key, int, "SSL architecture", lo=lo, hi=hi)
+        for key, v in arch.items():
+            if key not in _ARCH_BOUNDS and key != "extractor_conv_layer_config" and not (
+                    v is None or isinstance(v, (bool, str)) or isinstance(v, (int, float)) and abs(v) <= 1e4):
+                raise FeatureError(f"{path}: SSL architecture {key!r} must be a small scalar, got {str(v)[:40]!r}")
+        convs = f(arch, "extractor_conv_layer_config", list, "SSL architecture")
+        if not 1 <= len(convs) <= 16 or not all(
+                isinstance(t, (list, tuple)) and len(t) == 3 and all(type(v) is int and 1 <= v <= 8192 for v in t)
+                for t in convs):
+            raise FeatureError(f"{path}: SSL architecture 'extractor_conv_layer_config' must be 1..16 "
+                               "[channels, kernel, stride] triples of ints in [1, 8192]")
+        arch["extractor_conv_layer_config"] = [tuple(t) for t in convs]
+        return cls(kind=f(d, "kind", str), layer=f(d, "layer", int, lo=0, hi=MAX_LAYERS), arch=arch,
+                   normalize_audio=f(d, "normalize_audio", bool),
+                   sample_rate=f(d, "sample_rate", int, lo=1000, hi=MAX_SAMPLE_RATE),
+                   window_s=f(d, "window_s", float, lo=1.0, hi=3600.0),
+                   context_s=f(d, "context_s", float, lo=0.0, hi=60.0))
+
+
+MAX_LAYERS = 256
+_ARCH_BOUNDS = {"encoder_embed_dim": (1, 8192), "encoder_num_layers": (1, MAX_LAYERS), "encoder_num_heads": (1, 1024),
+                "encoder_ff_interm_features": (1, 65536), "encoder_pos_conv_kernel": (1, 1024),
+                "encoder_pos_conv_groups": (1, 1024), "encoder_num_buckets": (1, 4096),
+                "encoder_max_distance": (1, 1 << 16)}
 
 
 def state_dict_sha256(state: dict) -> str:
@@ -228,15 +257,28 @@ class SSLExtractor(torch.nn.Module):
 
 def build_ssl_extractor(config: SSLConfig, state_dict: Optional[dict] = None,
                         checkpoint_hash: Optional[str] = None) -> SSLExtractor:
-    """Build the torchaudio model for ``config`` and load ``state_dict`` (torchaudio names)."""
+    """Build the torchaudio model for ``config`` and load ``state_dict`` (torchaudio names).
+
+    The architecture is first built on the meta device and its tensor shapes compared with
+    ``state_dict``: a config that disagrees with its weights is refused before anything is allocated."""
+    if state_dict is not None:
+        try:
+            with torch.device("meta"):
+                own = {k: tuple(v.shape) for k, v in _build_model(config).state_dict().items()}
+        except (TypeError, ValueError, RuntimeError, AssertionError) as e:
+            raise FeatureError(f"invalid SSL architecture ({type(e).__name__}: {str(e)[:120]})") from e
+        missing = [k for k in own if k not in state_dict and not k.startswith("aux.")]
+        if missing:
+            raise FeatureError(f"SSL weights lack {len(missing)} tensors, e.g. {missing[:3]}")
+        wrong = [k for k in own if k in state_dict and tuple(state_dict[k].shape) != own[k]]
+        if wrong:
+            raise FeatureError(f"SSL weights do not match the architecture: {wrong[0]} is "
+                               f"{tuple(state_dict[wrong[0]].shape)}, the config needs {own[wrong[0]]}")
     model = _build_model(config)
     if state_dict is not None and checkpoint_hash is None:
         checkpoint_hash = state_dict_sha256(state_dict)
     if state_dict is not None:
         own = model.state_dict()
-        missing = [k for k in own if k not in state_dict and not k.startswith("aux.")]
-        if missing:
-            raise FeatureError(f"SSL weights lack {len(missing)} tensors, e.g. {missing[:3]}")
         model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
     return SSLExtractor(config, model, checkpoint_hash)
 

@@ -43,6 +43,22 @@ class WhisperConfig:
     batch_size: int = 8
     threads: int = 0
 
+    @classmethod
+    def from_dict(cls, d: dict, path="Whisper config") -> "WhisperConfig":
+        """A config read from ``path``, each field checked for type and range."""
+        from speechtok.formats import MAX_BATCH, get_field
+
+        from .base import check_keys
+
+        def f(key, kind, **kw):
+            return get_field(d, key, kind, path, FeatureError, "Whisper config", **kw)
+
+        check_keys(d, cls.__dataclass_fields__, path, "Whisper config")
+        return cls(model_dir=f("model_dir", str), device=f("device", str, default="cpu"),
+                   compute_type=f("compute_type", str, default="float32"),
+                   batch_size=f("batch_size", int, lo=1, hi=MAX_BATCH, default=8),
+                   threads=f("threads", int, lo=0, hi=1024, default=0))
+
 
 class WhisperExtractor:
     """``extract(wav [B, C, S] at 16 kHz, lengths) -> Features [B, T, D]`` at 50 Hz."""
