@@ -156,7 +156,7 @@ def prepare_audio(wav: torch.Tensor, sample_rate: int, target_rate: int, channel
     return wav.contiguous(), lengths
 
 
-def check_codes_fit(tok, codes: Codes) -> None:
+def check_codes_fit(tok, codes: Codes, codebook_sizes: Optional[tuple[int, ...]] = None) -> None:
     """Raise `CodesError` unless ``codes`` have the rates and codebooks of ``tok`` (besides its id:
     a file edited by hand, or made by a model that shares an id, must not decode at the wrong speed)."""
     problems = []
@@ -164,7 +164,8 @@ def check_codes_fit(tok, codes: Codes) -> None:
         problems.append(f"frame rate {codes.frame_rate} Hz, the model's is {tok.frame_rate} Hz")
     if int(codes.sample_rate) != int(tok.sample_rate):
         problems.append(f"sample rate {codes.sample_rate} Hz, the model's is {tok.sample_rate} Hz")
-    sizes, model_sizes = tuple(codes.codebook_sizes), tuple(tok.codebook_sizes)
+    sizes = tuple(codes.codebook_sizes)
+    model_sizes = tuple(tok.codebook_sizes if codebook_sizes is None else codebook_sizes)
     if len(sizes) > len(model_sizes) or sizes != model_sizes[: len(sizes)]:
         problems.append(f"codebook sizes {list(sizes)}, the model's are {list(model_sizes)}")
     if problems:

@@ -29,7 +29,7 @@ import torch
 
 from speechtok.codes import Codes
 from speechtok.formats import MAX_CODEBOOK_SIZE, check_format, get_field, safe_text
-from speechtok.protocol import BaseTokenizer, Waveform
+from speechtok.protocol import BaseTokenizer, Waveform, check_codes_fit
 
 from .features import build_extractor, extractor_config, extractor_state
 from .features.base import Features, FeatureError, FeatureSpec
@@ -157,6 +157,9 @@ class UnitTokenizer(BaseTokenizer):
                                "`speechtok units train-vocoder TOKENIZER_DIR CONFIG --run-dir D --export OUT`")
         if codes.model_id != self.units_id:
             codes.check_model(self.model_id)
+            check_codes_fit(self, codes)
+        else:  # frame units under a BPE stage: the units' own codebook
+            check_codes_fit(self, codes, codebook_sizes=self.units_codebook_sizes)
         codes.validate()
         units = self.frame_units(codes.to(self.centroids.device))
         hop = self.vocoder.hop
@@ -193,10 +196,10 @@ class UnitTokenizer(BaseTokenizer):
     def features(self, wav: torch.Tensor, sample_rate: Optional[int] = None,
                  lengths: Optional[torch.Tensor] = None) -> Features:
         """The features units are made from: ``[B, T, D]`` at ``frame_rate``."""
-        from speechtok.protocol import prepare_audio
+        from speechtok.protocol import as_audio_tensor, check_sample_rate, prepare_audio
 
-        sr = self.sample_rate if sample_rate is None else int(sample_rate)
-        wav, lengths = prepare_audio(wav.to(self.device), sr, self.sample_rate, 1, lengths)
+        sr = self.sample_rate if sample_rate is None else check_sample_rate(sample_rate)
+        wav, lengths = prepare_audio(as_audio_tensor(wav).to(self.device), sr, self.sample_rate, 1, lengths)
         return self.extractor.extract(wav, lengths)
 
     def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> Codes:

@@ -65,3 +65,16 @@ def test_decode_checks_rates_and_codebooks_not_only_the_id(change):
     with pytest.raises(CodesError, match="do not fit model"):
         tok.decode(forged)
     tok.decode(codes)  # the honest codes still decode
+
+
+def test_units_decode_checks_rates_and_features_take_numpy():
+    import numpy as np
+
+    tok = speechtok.load("units-mfcc500-16k")
+    wav = np.zeros((1, 1600), dtype=np.float32)
+    feats = tok.features(wav, sample_rate=16000)  # numpy in, as encode takes it
+    assert feats is not None
+    codes = tok.encode(wav, sample_rate=16000)
+    tok.decode(codes)
+    with pytest.raises(CodesError, match="do not fit model"):
+        tok.decode(codes.with_(frame_rate=codes.frame_rate / 2))
