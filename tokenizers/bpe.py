@@ -80,6 +80,25 @@ def _hf():
     return hf
 
 
+def check_bpe(tok, meta: dict, path, error: type[Exception]) -> None:
+    """Raise ``error`` naming ``path`` unless ``meta`` (and the HF tokenizer ``tok``) are a sane unit
+    BPE: typed, bounded values, before any table is built from them."""
+    from .formats import MAX_CODEBOOK_SIZE, MAX_CODEBOOKS, MAX_SAMPLE_RATE, get_field
+
+    def f(key, kind, **kw):
+        return get_field(meta, key, kind, path, error, "unit BPE metadata", **kw)
+
+    sizes = f("codebook_sizes", list)
+    if not 1 <= len(sizes) <= MAX_CODEBOOKS or not all(type(v) is int and 1 <= v <= MAX_CODEBOOK_SIZE for v in sizes):
+        raise error(f"{path}: unit BPE 'codebook_sizes' must be 1-{MAX_CODEBOOKS} ints in [1, {MAX_CODEBOOK_SIZE}]")
+    f("base_model_id", str)
+    f("frame_rate", float, lo=1e-3, hi=MAX_SAMPLE_RATE)
+    f("sample_rate", int, lo=1, hi=MAX_SAMPLE_RATE)
+    f("n_semantic", int, lo=0, hi=len(sizes), default=0)
+    if not 1 <= tok.get_vocab_size() <= MAX_CODEBOOK_SIZE:
+        raise error(f"{path}: BPE vocabulary of {tok.get_vocab_size()} outside [1, {MAX_CODEBOOK_SIZE}]")
+
+
 class UnitBPE:
     """BPE over `Codes`: ``encode(Codes) -> Codes`` (K=1, durations set) and ``decode`` back."""
 
@@ -233,4 +252,5 @@ class UnitBPE:
             tok = hf.Tokenizer.from_file(str(tok_path))
         except Exception as e:
             raise CodesError(f"{tok_path}: unreadable tokenizer ({e})") from e
+        check_bpe(tok, meta, meta_path, CodesError)
         return cls(tok, meta)

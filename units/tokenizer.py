@@ -311,7 +311,7 @@ def _load_bpe_section(directory, section) -> "object":
     """The BPE stage stored in a units ``config.json`` (its HF tokenizer JSON + metadata), checked."""
     import tokenizers as hf
 
-    from speechtok.bpe import FORMAT as BPE_FORMAT, FORMAT_VERSION as BPE_VERSION, UnitBPE
+    from speechtok.bpe import FORMAT as BPE_FORMAT, FORMAT_VERSION as BPE_VERSION, UnitBPE, check_bpe
 
     path = Path(directory) / "config.json"
 
@@ -322,16 +322,13 @@ def _load_bpe_section(directory, section) -> "object":
         raise FeatureError(f"{path}: 'bpe' must be a JSON object or null")
     tok_json, bmeta = f(section, "tokenizer", dict), f(section, "meta", dict)
     check_format(bmeta, path, BPE_FORMAT, BPE_VERSION, FeatureError, "units BPE section")
-    sizes = f(bmeta, "codebook_sizes", list)
-    if len(sizes) != 1 or not all(type(v) is int and 1 <= v <= MAX_CODEBOOK_SIZE for v in sizes):
-        raise FeatureError(f"{path}: units BPE 'codebook_sizes' must be one int in [1, {MAX_CODEBOOK_SIZE}]")
-    f(bmeta, "base_model_id", str)
+    if len(f(bmeta, "codebook_sizes", list)) != 1:
+        raise FeatureError(f"{path}: units BPE 'codebook_sizes' must be one int (the units' K)")
     try:
         tok = hf.Tokenizer.from_str(json.dumps(tok_json))
     except Exception as e:  # the HF tokenizers library raises its own exception type
         raise FeatureError(f"{path}: unreadable BPE tokenizer ({safe_text(e, 120)})") from e
-    if not 1 <= tok.get_vocab_size() <= MAX_CODEBOOK_SIZE:
-        raise FeatureError(f"{path}: BPE vocabulary of {tok.get_vocab_size()} outside [1, {MAX_CODEBOOK_SIZE}]")
+    check_bpe(tok, bmeta, path, FeatureError)
     return UnitBPE(tok, bmeta)
 
 

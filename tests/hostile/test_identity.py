@@ -78,3 +78,21 @@ def test_units_decode_checks_rates_and_features_take_numpy():
     tok.decode(codes)
     with pytest.raises(CodesError, match="do not fit model"):
         tok.decode(codes.with_(frame_rate=codes.frame_rate / 2))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.update(codebook_sizes=[10 ** 12]), lambda m: m.update(codebook_sizes="8"),
+    lambda m: m.pop("base_model_id"), lambda m: m.update(frame_rate="fast"),
+    lambda m: m.update(sample_rate=-1)], ids=["huge-size", "str-sizes", "no-base", "str-rate", "neg-sr"])
+def test_unit_bpe_directory_values_are_checked(tmp_path, edit):
+    from speechtok.bpe import UnitBPE
+
+    codes = speechtok.load("mulaw-16k").encode(torch.randn(1, 1, 800) * 0.1, sample_rate=16000)
+    bpe = UnitBPE.train([codes], vocab_size=300)
+    d = bpe.save(tmp_path / "bpe")
+    UnitBPE.load(d)  # the honest directory loads
+    meta = json.loads((d / "bpe.json").read_text())
+    edit(meta)
+    (d / "bpe.json").write_text(json.dumps(meta))
+    with pytest.raises(CodesError, match="bpe.json"):
+        UnitBPE.load(d)
