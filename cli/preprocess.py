@@ -1,9 +1,37 @@
 """``speechtok preprocess INPUT OUTPUT``: tokenize a dataset into resumable code shards."""
 from __future__ import annotations
 
+import math
 import sys
 
 import click
+
+# option -> (python name, kind); every size must be > 0 (and finite)
+_SIZES = {"--shard-items": ("shard_items", int), "--shard-hours": ("shard_hours", float),
+          "--batch-seconds": ("batch_seconds", float), "--batch-size": ("batch_size", int),
+          "--workers": ("workers", int), "--ray-workers": ("ray_workers", int), "-k": ("num_codebooks", int)}
+
+
+def _bad_option(values: dict):
+    """The first size option that is not > 0 (or not finite), as a one-line problem, else None."""
+    for opt, (name, _) in _SIZES.items():
+        v = values[name]
+        if v is not None and not (math.isfinite(v) and v > 0):
+            return f"{opt}: must be > 0, got {v}"
+    return None
+
+
+def _failure_line(err: dict) -> str:
+    """``error: <file>: <problem>`` for one failed item of ``errors.jsonl`` (file text made safe)."""
+    from speechtok.formats import safe_text
+
+    path, msg = str(err.get("path")), str(err.get("error"))
+    head, sep, rest = msg.partition(": ")
+    if sep and head.isidentifier() and rest.startswith(path + ": "):  # "AudioError: <path>: problem"
+        msg = rest
+    if msg.startswith(path + ": "):
+        msg = msg[len(path) + 2:]
+    return f"error: {safe_text(path, 1000)}: {safe_text(msg, 1000)}"
 
 
 @click.command("preprocess")
@@ -27,17 +55,28 @@ def preprocess(inputs, output, model, device, engine, address, ray_workers, num_
                shard_hours, batch_seconds, batch_size, workers, no_progress):
     """Tokenize INPUTS (a directory, a manifest .jsonl, a lhotse cut manifest or a list file) into
     shards under OUTPUT. Rerun the same command to resume after a crash: committed shards are kept,
-    the rest is redone. Unreadable files are skipped and listed in OUTPUT/errors.jsonl."""
+    the rest is redone. Unreadable files are skipped, listed in OUTPUT/errors.jsonl and make the
+    command exit with status 1. A second run on the same OUTPUT while one is running is refused."""
+    from speechtok.formats import safe_text
     from speechtok.preprocessing import PreprocessConfig, preprocess as run
 
-    cfg = PreprocessConfig(shard_items=shard_items, shard_seconds=shard_hours * 3600, batch_seconds=batch_seconds,
-                           max_batch_size=batch_size, num_codebooks=num_codebooks, num_workers=workers)
+    problem = _bad_option(dict(locals()))
+    if problem:
+        click.echo(f"error: {problem}", err=True)
+        sys.exit(2)
     try:
+        cfg = PreprocessConfig(shard_items=shard_items, shard_seconds=shard_hours * 3600,
+                               batch_seconds=batch_seconds, max_batch_size=batch_size, num_codebooks=num_codebooks,
+                               num_workers=workers)
         res = run(inputs, output, model, device=device, engine=engine, address=address, config=cfg,
                   progress=not no_progress, ray_workers=ray_workers)
-    except (ValueError, RuntimeError, ImportError) as e:
-        click.echo(f"error: {e}", err=True)
+    except (ValueError, RuntimeError, ImportError, OSError) as e:
+        click.echo(f"error: {safe_text(e, 2000)}", err=True)
         sys.exit(1)
+    for why in res.redone:
+        click.echo(f"warning: {safe_text(why, 2000)}", err=True)
+    for err in res.errors:
+        click.echo(_failure_line(err), err=True)
     rate = res.audio_seconds / 3600 / max(res.wall_seconds, 1e-9)
     click.echo(f"{res.num_items - res.num_errors} items in {res.num_shards} shards "
                f"({res.shards_done_before} done before this run), {res.num_errors} errors; "
@@ -45,3 +84,4 @@ def preprocess(inputs, output, model, device, engine, address, ray_workers, num_
                err=True)
     if res.num_errors:
         click.echo(f"see {res.output / 'errors.jsonl'}", err=True)
+        sys.exit(1)

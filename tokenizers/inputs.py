@@ -25,8 +25,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
+from .formats import get_field, safe_text
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au", ".sph")
 PathLike = Union[str, os.PathLike]
+MAX_ITEM_SECONDS = 7 * 24 * 3600.0  # an item (a whole file or a cut) of at most a week
+OFFSET_TOLERANCE = 0.05  # seconds a cut may run past its recording's end (rounding in lhotse manifests)
 
 
 class InputError(ValueError):
@@ -72,18 +76,22 @@ def _open_text(path: Path) -> io.TextIOBase:
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with _open_text(path) as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: not valid JSON ({e})") from e
-            if not isinstance(rec, dict):
-                raise InputError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
-            yield n, rec
+    n = 0
+    try:
+        with _open_text(path) as f:
+            for n, line in enumerate(f, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{path}:{n}: not valid JSON ({e})") from e
+                if not isinstance(rec, dict):
+                    raise InputError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+                yield n, rec
+    except (OSError, UnicodeDecodeError, EOFError) as e:
+        raise InputError(f"{path}:{n + 1}: unreadable manifest ({e})") from e
 
 
 def _resolve(base: Path, p: str) -> str:
@@ -100,53 +108,148 @@ def read_directory(directory: PathLike, extensions: Sequence[str] = AUDIO_EXTENS
     return [AudioItem(id=p.relative_to(root).with_suffix("").as_posix(), path=str(p)) for p in files]
 
 
-def read_list(paths: Iterable[Union[PathLike, AudioItem]], base: Optional[Path] = None) -> list[AudioItem]:
-    """Paths (relative ones to ``base`` or the cwd) or ready `AudioItem` s; ids are file stems."""
+def _must_exist(path: str, where: str) -> str:
+    if not os.path.isfile(path):
+        raise InputError(f"{where}: audio file {safe_text(path)} does not exist")
+    return path
+
+
+def read_list(paths: Iterable[Union[PathLike, AudioItem]], base: Optional[Path] = None,
+              where: Optional[Sequence[str]] = None) -> list[AudioItem]:
+    """Paths (relative ones to ``base`` or the cwd) or ready `AudioItem` s; ids are file stems.
+
+    Every path must be an existing file (``where[i]`` names the list line in the error).
+    """
     base = Path.cwd() if base is None else base
     out = []
-    for p in paths:
+    for i, p in enumerate(paths):
         if isinstance(p, AudioItem):
             out.append(p)
         else:
             full = _resolve(base, str(p))
+            _must_exist(full, where[i] if where else safe_text(full))
             out.append(AudioItem(id=Path(full).stem, path=full))
     return out
 
 
+def _get(rec: dict, key: str, kind, where: str, what: str, **kw):
+    return get_field(rec, key, kind, where, InputError, what, **kw)
+
+
+def _seconds(rec: dict, key: str, where: str, what: str, positive: bool, default=None) -> Optional[float]:
+    """A finite number of seconds in [0, MAX_ITEM_SECONDS] (> 0 when ``positive``), or ``default``."""
+    v = _get(rec, key, float, where, what, lo=0.0, hi=MAX_ITEM_SECONDS, default=default, allow_none=True)
+    if v is None:
+        return default
+    if positive and v <= 0:
+        raise InputError(f"{where}: {what} {key!r}={v!r} must be > 0")
+    return v
+
+
+def _item_id(rec: dict, where: str, what: str) -> str:
+    v = _get(rec, "id", object, where, what)
+    if isinstance(v, bool) or not isinstance(v, (str, int)) or v == "":
+        raise InputError(f"{where}: {what} 'id' must be a non-empty string, got {safe_text(repr(v), 60)}")
+    return str(v)
+
+
+def _opt_str(rec: dict, key: str, where: str, what: str, ints: bool = False) -> Optional[str]:
+    v = rec.get(key) if isinstance(rec, dict) else None
+    if v is None:
+        return None
+    if isinstance(v, str) or ints and isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    raise InputError(f"{where}: {what} {key!r} must be a string, got {safe_text(repr(v), 60)}")
+
+
+def _file_source(base: Path, rec: dict, where: str, what: str) -> str:
+    sources = _get(rec, "sources", list, where, what)
+    files = []
+    for s in sources:
+        if not isinstance(s, dict):
+            raise InputError(f"{where}: {what} 'sources' must hold JSON objects, got {safe_text(repr(s), 60)}")
+        if _get(s, "type", str, where, f"{what} source", default="file") == "file":
+            files.append(_get(s, "source", str, where, f"{what} source"))
+    if not files:
+        raise InputError(f"{where}: {what} has no file source")
+    return _resolve(base, files[0])
+
+
 def _manifest_item(base: Path, rec: dict, where: str) -> AudioItem:
+    what = "manifest record"
     if "id" not in rec or "audio" not in rec:
-        raise InputError(f"{where}: manifest record needs 'id' and 'audio', has {sorted(rec)}")
-    return AudioItem(id=str(rec["id"]), path=_resolve(base, str(rec["audio"])),
-                     duration=None if rec.get("duration") is None else float(rec["duration"]),
-                     text=rec.get("text"), speaker=None if rec.get("speaker") is None else str(rec["speaker"]))
+        raise InputError(f"{where}: {what} needs 'id' and 'audio', has {safe_text(sorted(rec))}")
+    return AudioItem(id=_item_id(rec, where, what), path=_resolve(base, _get(rec, "audio", str, where, what)),
+                     duration=_seconds(rec, "duration", where, what, positive=True),
+                     text=_opt_str(rec, "text", where, what), speaker=_opt_str(rec, "speaker", where, what, ints=True))
 
 
 def _lhotse_cut_item(base: Path, rec: dict, where: str) -> AudioItem:
-    rec_ = rec.get("recording") or {}
-    sources = [s for s in rec_.get("sources", []) if s.get("type", "file") == "file"]
-    if not sources:
-        raise InputError(f"{where}: lhotse cut {rec.get('id')!r} has no file source in its recording")
-    sup = (rec.get("supervisions") or [{}])[0]
-    start = float(rec.get("start", 0.0))
-    duration = None if rec.get("duration") is None else float(rec["duration"])
-    return AudioItem(id=str(rec["id"]), path=_resolve(base, str(sources[0]["source"])), start=start,
-                     end=None if duration is None else start + duration, duration=duration,
-                     text=sup.get("text"), speaker=None if sup.get("speaker") is None else str(sup["speaker"]))
+    what = "lhotse cut"
+    cid = _item_id(rec, where, what)
+    recording = _get(rec, "recording", dict, where, what)
+    path = _file_source(base, recording, where, "lhotse cut recording")
+    sups = _get(rec, "supervisions", list, where, what, default=None, allow_none=True) or [{}]
+    sup = sups[0]
+    if not isinstance(sup, dict):
+        raise InputError(f"{where}: {what} supervisions must be JSON objects, got {safe_text(repr(sup), 60)}")
+    start = _seconds(rec, "start", where, what, positive=False, default=0.0)
+    duration = _seconds(rec, "duration", where, what, positive=True)
+    rec_dur = _seconds(recording, "duration", where, "lhotse cut recording", positive=True)
+    end = None if duration is None else start + duration
+    if rec_dur is not None and (start >= rec_dur or (end or 0.0) > rec_dur + OFFSET_TOLERANCE):
+        raise InputError(f"{where}: {what} {safe_text(cid)!r} segment [{start}, {end}] s lies beyond its "
+                         f"recording ({rec_dur} s)")
+    return AudioItem(id=cid, path=path, start=start, end=end, duration=duration,
+                     text=_opt_str(sup, "text", where, "lhotse supervision"),
+                     speaker=_opt_str(sup, "speaker", where, "lhotse supervision", ints=True))
 
 
 def _lhotse_recording_item(base: Path, rec: dict, where: str) -> AudioItem:
-    sources = [s for s in rec.get("sources", []) if s.get("type", "file") == "file"]
-    if not sources:
-        raise InputError(f"{where}: lhotse recording {rec.get('id')!r} has no file source")
-    return AudioItem(id=str(rec["id"]), path=_resolve(base, str(sources[0]["source"])),
-                     duration=None if rec.get("duration") is None else float(rec["duration"]))
+    what = "lhotse recording"
+    return AudioItem(id=_item_id(rec, where, what), path=_file_source(base, rec, where, what),
+                     duration=_seconds(rec, "duration", where, what, positive=True))
+
+
+def _file_seconds(path: str) -> Optional[float]:
+    try:
+        import soundfile as sf
+
+        info = sf.info(path)
+        return info.frames / info.samplerate
+    except Exception:  # an unreadable file is reported per item when it is loaded
+        return None
+
+
+def _check_items(path: Path, items: Sequence[AudioItem], lines: Sequence[int]) -> None:
+    """Unique ids, existing files, cut segments within their file (header read once per file)."""
+    first: dict[str, int] = {}
+    for it, n in zip(items, lines):
+        if it.id in first:
+            raise InputError(f"{path}:{n}: duplicate id {safe_text(it.id)!r} (first on line {first[it.id]}); "
+                             "ids must be unique")
+        first[it.id] = n
+    lengths: dict[str, Optional[float]] = {}
+    for it, n in zip(items, lines):
+        _must_exist(it.path, f"{path}:{n}")
+        if it.start > 0 or it.end is not None:
+            if it.path not in lengths:
+                lengths[it.path] = _file_seconds(it.path)
+            secs = lengths[it.path]
+            if secs is not None and (it.start >= secs or (it.end or 0.0) > secs + OFFSET_TOLERANCE):
+                raise InputError(f"{path}:{n}: segment [{it.start}, {it.end}] s of {safe_text(it.id)!r} lies "
+                                 f"beyond the end of {safe_text(it.path)} ({secs:.3f} s)")
 
 
 def read_manifest(path: PathLike) -> list[AudioItem]:
-    """A speechtok JSONL manifest or a lhotse cut/recording manifest (format found per record)."""
+    """A speechtok JSONL manifest or a lhotse cut/recording manifest (format found per record).
+
+    Every record is checked (types, ranges, that its audio file exists, that a cut lies within its
+    file); the first bad one raises `InputError` naming the manifest and line.
+    """
     path = Path(path).resolve()
     base = path.parent
-    out = []
+    out, lines = [], []
     for n, rec in _iter_jsonl(path):
         where = f"{path}:{n}"
         if "recording" in rec:
@@ -155,6 +258,8 @@ def read_manifest(path: PathLike) -> list[AudioItem]:
             out.append(_lhotse_recording_item(base, rec, where))
         else:
             out.append(_manifest_item(base, rec, where))
+        lines.append(n)
+    _check_items(path, out, lines)
     return out
 
 
@@ -207,12 +312,14 @@ def read_inputs(source: Any, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> li
             items = read_list([path])
         else:  # a list file: one path a line
             with _open_text(path) as f:
-                lines = [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
-            items = read_list(lines, base=path.resolve().parent)
+                numbered = [(n, ln.strip()) for n, ln in enumerate(f, 1) if ln.strip() and not ln.startswith("#")]
+            items = read_list([ln for _, ln in numbered], base=path.resolve().parent,
+                              where=[f"{path}:{n}" for n, _ in numbered])
     seen: dict[str, str] = {}
     for it in items:
         if it.id in seen:
-            raise InputError(f"duplicate id {it.id!r}: {seen[it.id]} and {it.path}; ids must be unique")
+            raise InputError(f"duplicate id {safe_text(it.id)!r}: {safe_text(seen[it.id])} and "
+                             f"{safe_text(it.path)}; ids must be unique")
         seen[it.id] = it.path
     return items
 

@@ -12,9 +12,14 @@ How a job runs:
    threads ahead of the model. A file that fails to load or encode is recorded as an error in its
    shard and skipped.
 3. A shard is committed atomically (safetensors, then its JSON index = done marker). A rerun
-   after a crash or ``kill -9`` skips committed shards and redoes only the rest: every item ends
-   up in exactly one shard, none is lost, none encoded twice in the output.
+   after a crash or ``kill -9`` keeps the committed shards that verify (sha256, codebooks, the
+   plan's items, the job's model) and redoes the rest: every item ends up in exactly one shard,
+   none is lost, none encoded twice in the output. A rerun with other settings (model,
+   codebooks, inputs, shard sizes) is refused.
 4. When all shards are there, ``index.jsonl`` and ``errors.jsonl`` are written.
+
+A run holds an exclusive lock on the output directory (`speechtok.shards.lock_output`): a second
+run on it is refused at once, so two runs never mix, and temp files are only cleaned under the lock.
 
 ``engine="ray"`` runs step 2-3 on Ray Data (`speechtok.ray_engine`); output bytes are identical.
 """
@@ -24,19 +29,29 @@ import contextlib
 import hashlib
 import itertools
 import json
+import logging
+import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
-from .atomic import atomic_write_text
-from .inputs import AudioItem, probe_duration, read_inputs
+from .formats import MAX_BATCH, MAX_CODEBOOKS, get_field
+from .inputs import MAX_ITEM_SECONDS, AudioItem, probe_duration, read_inputs
 from .preprocess_encoder import ShardEncoder, _prefetch, _tokenizer_meta
 from .shards import (ERRORS_FILE, INDEX_FILE, JOB_FILE, PLAN_FILE, SHARD_DIR, SHARDS_FORMAT,
-                     SHARDS_FORMAT_VERSION, ShardError, done_shards, read_job, read_shard_index,
-                     write_json_lines)
+                     SHARDS_FORMAT_VERSION, ShardError, done_shards, lock_output, read_job, read_shard_index,
+                     shard_name, verify_shard, write_json_lines, write_text)
 
+log = logging.getLogger("speechtok.preprocessing")
+MAX_SHARDS = 10 ** 8
+# PreprocessConfig field -> (kind, lowest, highest); floats must also be finite and > lowest
+_CONFIG_LIMITS = {"shard_items": (int, 1, 10 ** 9), "shard_seconds": (float, 0.0, 1e9),
+                  "batch_seconds": (float, 0.0, 1e7), "max_batch_size": (int, 1, MAX_BATCH),
+                  "num_workers": (int, 1, 4096), "prefetch_items": (int, 1, 10 ** 7),
+                  "long_file_seconds": (float, 0.0, MAX_ITEM_SECONDS)}
 
 
 @dataclass(frozen=True)
@@ -65,8 +80,16 @@ class PreprocessConfig:
     long_file_seconds: float = 120.0
 
     def __post_init__(self):
-        if self.shard_items < 1 or self.shard_seconds <= 0 or self.batch_seconds <= 0 or self.max_batch_size < 1:
-            raise ValueError(f"shard/batch sizes must be positive: {self}")
+        for name, (kind, lo, hi) in _CONFIG_LIMITS.items():
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool)
+            if not (ok and (lo < v <= hi if kind is float else lo <= v <= hi) and math.isfinite(v)):
+                rng = f"in ({lo}, {hi:g}]" if kind is float else f"in [{lo}, {hi}]"
+                raise ValueError(f"PreprocessConfig.{name} must be a {kind.__name__} {rng}, got {v!r}")
+        k = self.num_codebooks
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_CODEBOOKS):
+            raise ValueError(f"PreprocessConfig.num_codebooks must be None or an int in [1, {MAX_CODEBOOKS}], "
+                             f"got {k!r}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +104,8 @@ class PreprocessResult:
         shards_done_before: shards already committed when this run started (resume).
         audio_seconds: seconds of audio encoded by this run.
         wall_seconds: wall time of this run.
+        errors: the failed items' records (``id``, ``path``, ``error``, ``shard``), as in ``errors.jsonl``.
+        redone: why each committed shard found invalid on resume (corrupt, foreign) was redone.
     """
 
     output: Path
@@ -90,6 +115,8 @@ class PreprocessResult:
     shards_done_before: int
     audio_seconds: float
     wall_seconds: float
+    errors: tuple = ()
+    redone: tuple = ()
 
 
 # ------------------------------------------------------------------------------------- planning
@@ -125,20 +152,42 @@ def _inputs_hash(items: Sequence[AudioItem]) -> str:
     return h.hexdigest()
 
 
+def _check_job(job: dict, path: Path) -> None:
+    """Types and ranges of the ``job.json`` fields a run relies on (raises `ShardError` naming the file)."""
+    def get(key, kind, **kw):
+        return get_field(job, key, kind, path, ShardError, "shards job", **kw)
+
+    get("model_id", str)
+    n = get("num_shards", int, lo=0, hi=MAX_SHARDS)
+    secs = get("shard_audio_seconds", list)
+    if len(secs) != n or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                                 for x in secs):
+        raise ShardError(f"{path}: shards job 'shard_audio_seconds' must be {n} numbers")
+    get_field(get("tokenizer", dict), "codebook_sizes", list, path, ShardError, "shards job tokenizer")
+
+
 def open_job(output: Path, items: Sequence[AudioItem], tok: Any, model_spec: str,
              config: PreprocessConfig) -> dict:
-    """Create the job (``plan.jsonl``, then ``job.json``) or check that an existing one matches."""
+    """Create the job (``plan.jsonl``, then ``job.json``) or check that an existing one matches:
+    same model, tokenizer metadata, codebooks, inputs and shard sizes (else `ShardError`)."""
     output.mkdir(parents=True, exist_ok=True)
     ihash = _inputs_hash(items)
     job_path = output / JOB_FILE
     if job_path.is_file():
         job = read_job(output)
-        want = {"model_id": tok.model_id, "num_codebooks": config.num_codebooks, "inputs_sha256": ihash}
+        _check_job(job, job_path)
+        want = {"model_id": tok.model_id, "num_codebooks": config.num_codebooks, "inputs_sha256": ihash,
+                "tokenizer": _tokenizer_meta(tok, config.num_codebooks), "shard_items": config.shard_items,
+                "shard_seconds": config.shard_seconds}
         for key, val in want.items():
             if job.get(key) != val:
                 raise ShardError(f"{job_path}: existing job has {key}={job.get(key)!r}, this run has {val!r}; "
-                                 "use a new output directory (or delete this one) for a different job")
+                                 "rerun with the job's settings, or use a new output directory (or delete this "
+                                 "one) for a different job")
         return job
+    if done_shards(output):
+        raise ShardError(f"{output / SHARD_DIR}: holds shards but {output} has no {JOB_FILE} (a broken or "
+                         "foreign job); use an empty output directory")
     plan = plan_shards(items, config)
     write_json_lines(output / PLAN_FILE, [{"shard": n, "items": [it.to_json() for it in shard]}
                                           for n, shard in enumerate(plan)])
@@ -147,26 +196,77 @@ def open_job(output: Path, items: Sequence[AudioItem], tok: Any, model_spec: str
            "num_codebooks": config.num_codebooks, "inputs_sha256": ihash, "num_items": len(items),
            "num_shards": len(plan), "shard_items": config.shard_items, "shard_seconds": config.shard_seconds,
            "shard_audio_seconds": [round(sum(it.duration or 0.0 for it in shard), 3) for shard in plan]}
-    atomic_write_text(job_path, json.dumps(job, indent=2, sort_keys=True) + "\n")  # written last: job exists
+    write_text(job_path, json.dumps(job, indent=2, sort_keys=True) + "\n", "shards job")  # last: job exists
     return job
+
+
+def _plan_records(output: Path) -> Iterator[tuple[int, str]]:
+    """``(shard number, unparsed line)`` for each line of the plan."""
+    path = output / PLAN_FILE
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f):
+                yield n, line
+    except (OSError, UnicodeDecodeError) as e:
+        raise ShardError(f"{path}: unreadable plan ({e})") from e
+
+
+def _parse_plan_line(output: Path, n: int, line: str) -> list[AudioItem]:
+    path = output / PLAN_FILE
+    try:
+        rec = json.loads(line)
+        if int(rec["shard"]) != n:
+            raise ShardError(f"{path}:{n + 1}: expected shard {n}, found {rec['shard']}")
+        return [AudioItem.from_json(d) for d in rec["items"]]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ShardError(f"{path}:{n + 1}: unreadable plan ({type(e).__name__}: {e})") from e
 
 
 def iter_plan(output: Path, skip: Iterable[int] = ()) -> Iterator[tuple[int, list[AudioItem]]]:
     """``(shard number, items)`` of the plan, parsing only the shards not in ``skip`` (lazily, so a
     resumed job of millions of items does not hold the whole plan in memory)."""
-    path = output / PLAN_FILE
     skip = set(skip)
+    for n, line in _plan_records(output):
+        if n not in skip:
+            yield n, _parse_plan_line(output, n, line)
+
+
+def check_done(output: Path, job: dict) -> tuple[set[int], list[str]]:
+    """Committed shards that may be kept on resume, and why each other one is redone.
+
+    A shard is kept only when `speechtok.shards.verify_shard` finds it intact and holding exactly
+    its plan items, made by the job's model with the job's codebooks; the others lose their
+    index (the done marker) so they are encoded again. The plan must have ``num_shards`` lines.
+    """
+    done = done_shards(output)
+    K = len(job["tokenizer"]["codebook_sizes"])
+    keep, redone = set(), []
+    lines = 0
+    for n, line in _plan_records(output):
+        lines += 1
+        if n in done:
+            expected = [(it.id, it.path) for it in _parse_plan_line(output, n, line)]
+            problem = verify_shard(output, n, expected, job["model_id"], K)
+            if problem is None:
+                keep.add(n)
+            else:
+                redone.append(f"{problem}; shard {n} is redone")
+    if lines != int(job["num_shards"]):
+        raise ShardError(f"{output / PLAN_FILE}: has {lines} shards, {JOB_FILE} says {job['num_shards']}")
+    redone += [f"{output / SHARD_DIR / shard_name(n)}.json: not in the plan; removed" for n in done if n >= lines]
+    for n in set(done) - keep:
+        log.warning("redoing shard %d of %s", n, output)
+        _remove(output / SHARD_DIR / f"{shard_name(n)}.json")
+    return keep, redone
+
+
+def _remove(path: Path) -> None:
     try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f):
-                if n in skip:
-                    continue
-                rec = json.loads(line)
-                if int(rec["shard"]) != n:
-                    raise ShardError(f"{path}:{n + 1}: expected shard {n}, found {rec['shard']}")
-                yield n, [AudioItem.from_json(d) for d in rec["items"]]
-    except (OSError, json.JSONDecodeError, KeyError) as e:
-        raise ShardError(f"{path}: unreadable plan ({e})") from e
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise ShardError(f"{path}: cannot remove an invalid shard ({e.strerror or e})") from e
 
 
 class _Progress:
@@ -212,9 +312,9 @@ def run_local(encoder: ShardEncoder, pending: Iterable[tuple[int, list[AudioItem
     return done_secs
 
 
-def finalize(output: Path, job: dict) -> tuple[int, int]:
+def finalize(output: Path, job: dict) -> tuple[int, list[dict]]:
     """Write ``index.jsonl`` and ``errors.jsonl`` from the shard indices, one shard in memory at a
-    time; returns (items, errors)."""
+    time; returns (items, error records)."""
     shards = done_shards(output)
     errors: list[dict] = []
 
@@ -229,15 +329,28 @@ def finalize(output: Path, job: dict) -> tuple[int, int]:
 
     n_items = write_json_lines(output / INDEX_FILE, records())
     write_json_lines(output / ERRORS_FILE, errors)
-    return n_items, len(errors)
+    return n_items, errors
 
 
 def _clean_temp(output: Path) -> None:
-    d = output / SHARD_DIR
-    if d.is_dir():
-        for p in d.glob(".shard-*.tmp-*"):
-            with contextlib.suppress(OSError):
-                p.unlink()
+    """Remove temp files left by runs that died (call with the directory locked: no run is writing)."""
+    stale = [p for name in (JOB_FILE, PLAN_FILE, INDEX_FILE, ERRORS_FILE) for p in output.glob(f".{name}.tmp-*")]
+    if (output / SHARD_DIR).is_dir():
+        stale += (output / SHARD_DIR).glob(".shard-*.tmp-*")
+    for p in stale:
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def _check_output(output: Path, inputs: Any) -> None:
+    """The output must be a directory (or absent) and none of the inputs."""
+    if output.exists() and not output.is_dir():
+        raise ShardError(f"{output}: exists and is not a directory")
+    sources = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    out = os.path.realpath(output)
+    for src in sources:
+        if isinstance(src, (str, os.PathLike)) and os.path.realpath(os.path.expanduser(str(src))) == out:
+            raise ShardError(f"{output}: the output directory is an input; choose another output directory")
 
 
 def preprocess(inputs: Any, output: Union[str, Path], model: Any = None, *, device: str = "cpu",
@@ -260,37 +373,48 @@ def preprocess(inputs: Any, output: Union[str, Path], model: Any = None, *, devi
 
     t0 = time.time()
     output = Path(output)
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if engine == "ray":
+        from .ray_engine import _import_ray, check_address
+
+        _import_ray()
+        check_address(address)
     if model is None or isinstance(model, (str, Path)):
         tok = registry.load(model, device=device if engine == "local" else "cpu", encoder_only=True)
         spec = str(model) if model is not None else str(registry.DEFAULT_MODEL)
         spec = str(Path(spec).resolve()) if Path(spec).exists() else spec
     else:
         tok, spec = model, model.model_id
-    if engine not in ("local", "ray"):
-        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
     items = read_inputs(inputs)
+    _check_output(output, inputs)
     if config.num_codebooks is not None and not 1 <= config.num_codebooks <= len(tok.codebook_sizes):
         raise ValueError(f"num_codebooks={config.num_codebooks}: {tok.model_id} has "
                          f"{len(tok.codebook_sizes)} codebooks")
-    job = open_job(output, items, tok, spec, config)
-    _clean_temp(output)
-    done = done_shards(output)
-    secs_per_shard = job.get("shard_audio_seconds") or [0.0] * int(job["num_shards"])
-    total = sum(sec for n, sec in enumerate(secs_per_shard) if n not in done)
-    pending = iter_plan(output, skip=done)
-    encoder = ShardEncoder(tok, output, config)
-    with _Progress(total, progress) as bar:
-        if len(done) == int(job["num_shards"]):
-            secs = 0.0
-        elif engine == "local":
-            secs = run_local(encoder, pending, bar)
-        else:
-            from .ray_engine import run_ray
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ShardError(f"{output}: cannot create the output directory ({e.strerror or e})") from e
+    with lock_output(output):
+        job = open_job(output, items, tok, spec, config)
+        _clean_temp(output)
+        done, redone = check_done(output, job)
+        secs_per_shard = job["shard_audio_seconds"]
+        total = sum(sec for n, sec in enumerate(secs_per_shard) if n not in done)
+        pending = iter_plan(output, skip=done)
+        encoder = ShardEncoder(tok, output, config)
+        with _Progress(total, progress) as bar:
+            if len(done) == int(job["num_shards"]):
+                secs = 0.0
+            elif engine == "local":
+                secs = run_local(encoder, pending, bar)
+            else:
+                from .ray_engine import run_ray
 
-            secs = run_ray(model=tok if spec == tok.model_id else spec,
-                           output=output, pending=pending, config=config, device=device, address=address,
-                           num_workers=ray_workers, bar=bar)
-    n_items, n_errors = finalize(output, job)
-    return PreprocessResult(output=output, num_items=n_items + n_errors, num_errors=n_errors,
+                secs = run_ray(model=tok if spec == tok.model_id else spec,
+                               output=output, pending=pending, config=config, device=device, address=address,
+                               num_workers=ray_workers, bar=bar)
+        n_items, errors = finalize(output, job)
+    return PreprocessResult(output=output, num_items=n_items + len(errors), num_errors=len(errors),
                             num_shards=int(job["num_shards"]), shards_done_before=len(done), audio_seconds=secs,
-                            wall_seconds=time.time() - t0)
+                            wall_seconds=time.time() - t0, errors=tuple(errors), redone=tuple(redone))

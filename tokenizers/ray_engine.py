@@ -12,10 +12,31 @@ initialized in this process is reused.
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from .formats import safe_text
 from .inputs import AudioItem
+
+CONNECT_TIMEOUT = 10.0  # seconds to reach a cluster's address before giving up
+
+
+def check_address(address: Optional[str], timeout: float = CONNECT_TIMEOUT) -> None:
+    """Fail fast, with one line naming the address, when a ``host:port`` or ``ray://host:port``
+    cluster address cannot be reached over TCP (None and ``"auto"`` are left to Ray)."""
+    if address is None or address == "auto":
+        return
+    where = f"Ray address {safe_text(address)!r}"
+    target = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = target.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{where}: expected host:port, ray://host:port or 'auto'")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise RuntimeError(f"{where}: no Ray cluster reachable ({e.strerror or type(e).__name__})") from e
 
 
 def _import_ray():
@@ -53,7 +74,12 @@ def run_ray(model: Any, output: Path, pending: Iterable[tuple[int, list[AudioIte
 
     ray = _import_ray()
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
+            what = f"Ray address {safe_text(address)!r}: cannot join the cluster" if address else \
+                "Ray: cannot start a local cluster"
+            raise RuntimeError(f"{what} ({type(e).__name__}: {safe_text(e)})") from e
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     rows = [{"shard": n, "items": json.dumps([it.to_json() for it in shard])} for n, shard in pending]

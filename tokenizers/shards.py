@@ -8,6 +8,7 @@ Layout of a preprocessing output directory::
     shards/shard-000000.json      # the shard index; its presence marks the shard done
     index.jsonl                   # all items (id, shard, source, lengths, model id), written at the end
     errors.jsonl                  # items that failed (id, path, error), written at the end
+    .speechtok.lock               # flock'ed by the run using the directory (gone when it ends)
 
 A shard's safetensors holds ``codes`` (int16 or int32 ``[K, N]``: every item's ``[K, T_i]``
 concatenated along time), ``offsets`` (int64 ``[n + 1]``, item i spans ``offsets[i]:offsets[i+1]``),
@@ -17,6 +18,7 @@ the JSON index records the safetensors' sha256, so a shard is either wholly ther
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -30,7 +32,7 @@ import torch
 
 from .atomic import atomic_path, atomic_write_text
 from .codes import Codes
-from .formats import read_versioned_json
+from .formats import read_versioned_json, safe_text
 
 SHARDS_FORMAT = "speechtok.shards"
 SHARDS_FORMAT_VERSION = 1
@@ -39,6 +41,7 @@ PLAN_FILE = "plan.jsonl"
 INDEX_FILE = "index.jsonl"
 ERRORS_FILE = "errors.jsonl"
 SHARD_DIR = "shards"
+LOCK_FILE = ".speechtok.lock"  # held (flock) by the run using the directory; removed when it ends
 PathLike = Union[str, os.PathLike]
 
 
@@ -108,11 +111,15 @@ def write_shard(directory: PathLike, index: int, items: Sequence[EncodedItem], e
     if has_durations:
         tensors["durations"] = torch.cat([it.durations.to(torch.int32) for it in items]).contiguous()
     st_path = directory / f"{name}.safetensors"
-    with atomic_path(st_path) as tmp:
-        # one metadata key: safetensors stores metadata as a hash map, so several keys come out
-        # in a per-process order and identical shards would differ in bytes
-        save_file(tensors, str(tmp), metadata={"speechtok": json.dumps(
-            {"format": SHARDS_FORMAT, "format_version": SHARDS_FORMAT_VERSION, "model_id": model_id}, sort_keys=True)})
+    try:
+        with atomic_path(st_path) as tmp:
+            # one metadata key: safetensors stores metadata as a hash map, so several keys come out
+            # in a per-process order and identical shards would differ in bytes
+            save_file(tensors, str(tmp), metadata={"speechtok": json.dumps(
+                {"format": SHARDS_FORMAT, "format_version": SHARDS_FORMAT_VERSION, "model_id": model_id},
+                sort_keys=True)})
+    except Exception as e:  # OSError, or safetensors' own error wrapping one (ENOSPC, EACCES)
+        raise ShardError(f"{st_path}: cannot write shard ({_os_cause(e)})") from e
     index_rec = {
         "format": SHARDS_FORMAT, "format_version": SHARDS_FORMAT_VERSION, "shard": index,
         "file": st_path.name, "sha256": _sha256(st_path), "model_id": model_id,
@@ -121,8 +128,20 @@ def write_shard(directory: PathLike, index: int, items: Sequence[EncodedItem], e
                   for it, n, o in zip(items, lengths, offsets.tolist())],
         "errors": list(errors),
     }
-    atomic_write_text(directory / f"{name}.json", json.dumps(index_rec, sort_keys=True) + "\n")
+    write_text(directory / f"{name}.json", json.dumps(index_rec, sort_keys=True) + "\n", "shard index")
     return index_rec
+
+
+def _os_cause(e: BaseException) -> str:
+    return e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
+
+
+def write_text(path: Path, text: str, what: str) -> None:
+    """`atomic_write_text`, raising `ShardError` naming ``path`` and the cause (full disk, no permission)."""
+    try:
+        atomic_write_text(path, text)
+    except OSError as e:
+        raise ShardError(f"{path}: cannot write {what} ({_os_cause(e)})") from e
 
 
 def read_shard_index(path: PathLike) -> dict:
@@ -146,6 +165,79 @@ def done_shards(directory: PathLike) -> dict[int, Path]:
             if (d / f"{p.stem}.safetensors").is_file():
                 out[n] = p
     return dict(sorted(out.items()))
+
+
+def verify_shard(directory: PathLike, number: int, expected: Sequence[tuple[str, str]], model_id: str,
+                 num_codebooks: int) -> Optional[str]:
+    """Why committed shard ``number`` cannot be kept on resume, or None when it is complete and intact
+    (index readable, sha256 matching, ``[K, N]`` codes with K = ``num_codebooks``) and holds exactly
+    the plan's items ``expected`` (``(id, path)`` pairs, encoded or failed), made by ``model_id``."""
+    d = Path(directory) / SHARD_DIR
+    index_path, st_path = d / f"{shard_name(number)}.json", d / f"{shard_name(number)}.safetensors"
+    try:
+        rec = read_shard_index(index_path)
+        if rec.get("shard") != number or rec.get("file") != st_path.name:
+            return f"{index_path}: index is of shard {rec.get('shard')!r} ({rec.get('file')!r})"
+        if rec.get("model_id") != model_id:
+            return f"{index_path}: made by model {rec.get('model_id')!r}, the job's model is {model_id!r}"
+        items, errors = rec["items"], rec["errors"]
+        if sorted((str(it["id"]), str(it["path"])) for it in items + errors) != sorted(expected):
+            return f"{index_path}: its items are not the plan's items of shard {number}"
+        if rec["num_items"] != len(items) or st_path.stat().st_size == 0 or _sha256(st_path) != rec["sha256"]:
+            return f"{st_path}: empty, truncated or replaced (sha256 does not match its index)"
+        from safetensors import safe_open
+
+        with safe_open(str(st_path), "pt") as f:
+            shape, n_off = f.get_slice("codes").get_shape(), f.get_slice("offsets").get_shape()
+        if shape != [num_codebooks, rec["num_frames"]] or n_off != [len(items) + 1]:
+            return f"{st_path}: codes {shape} do not match the job ({num_codebooks} codebooks)"
+    except Exception as e:  # noqa: BLE001 - any unreadable part means: redo the shard
+        return f"{index_path}: unreadable shard ({type(e).__name__}: {e})"
+    return None
+
+
+@contextlib.contextmanager
+def lock_output(directory: PathLike) -> Iterator[Path]:
+    """Hold an exclusive, non-blocking ``flock`` on ``directory/.speechtok.lock`` while the block runs.
+
+    A second run on the same directory (any process on this machine, or on a filesystem with
+    working ``flock`` such as NFSv4) gets a `ShardError` at once. The lock dies with its process
+    (``kill -9`` included); the file is removed when the block ends.
+    """
+    import fcntl
+
+    path = Path(directory) / LOCK_FILE
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ShardError(f"{path}: cannot create the lock file ({_os_cause(e)})") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip()
+            os.close(fd)
+            if isinstance(e, BlockingIOError):
+                raise ShardError(f"{directory}: another preprocess run is using this output directory "
+                                 f"({safe_text(holder or 'pid unknown')}); wait for it or use another "
+                                 "directory") from None
+            raise ShardError(f"{path}: cannot lock ({_os_cause(e)})") from e
+        try:
+            st, cur = os.fstat(fd), os.stat(path)
+            same = (st.st_ino, st.st_dev) == (cur.st_ino, cur.st_dev)
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file while we opened it: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode())
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # while still locked, so no other run can hold a lock on this inode
+        os.close(fd)
 
 
 def read_job(directory: PathLike) -> dict:
@@ -314,13 +406,18 @@ class ShardDataset(torch.utils.data.IterableDataset):
 
 
 def write_json_lines(path: PathLike, records: Iterable[dict[str, Any]]) -> int:
-    """Write JSONL atomically (records may be a generator); returns the number of lines."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            n = 0
-            for r in records:
-                f.write(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n")
-                n += 1
+    """Write JSONL atomically (records may be a generator); returns the number of lines.
+
+    Raises `ShardError` naming ``path`` and the cause when it cannot be written."""
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                n = 0
+                for r in records:
+                    f.write(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n")
+                    n += 1
+    except OSError as e:
+        raise ShardError(f"{path}: cannot write ({_os_cause(e)})") from e
     return n
 
 

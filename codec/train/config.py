@@ -4,22 +4,29 @@ A config file is a nested mapping whose keys are the dataclass fields below; unk
 errors that name the key and the file (a typo must not silently train the wrong model)::
 
     {"model": {"preset": "speechtok-16k"},
-     "data": {"train": ["../shared/data/real/manifest.jsonl"], "crop_seconds": 1.0, "batch_size": 8},
-     "distill": {"teacher": {"kind": "whisper", "path": "/models/whisper-base-ct2"}},
+     "data": {"crop_seconds": 1.0, "batch_size": 8},
+     "distill": {"teacher": {"kind": "whisper", "path": "whisper:base"}},
      "steps": 10000}
 
-Relative paths in ``data.train``/``data.valid``/teacher paths are resolved against the config
-file's folder by `load_train_config`.
+Shipped configs name no data: the training commands take it with ``--data MANIFEST`` (repeatable;
+`with_train_data`), which replaces ``data.train``. Relative paths in ``data.train``/``data.valid``/
+teacher paths are resolved against the config file's folder by `load_train_config`; a teacher
+path ``whisper:NAME`` (tiny.en, base) names installed Whisper weights (`resolve_teacher_path`).
+Every number is checked for type and range (`_check_ranges`), so ``batch_size: 0`` or
+``steps: -1`` fail at load with the file (or ``--set``) and the key named.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
+
+from speechtok.formats import MAX_BATCH
 
 CONFIG_FORMAT = "speechtok.train"
 CONFIG_FORMAT_VERSION = 1
@@ -27,6 +34,27 @@ CONFIG_FORMAT_VERSION = 1
 
 class TrainConfigError(ValueError):
     """A training config is malformed (names the file/key and the problem)."""
+
+
+INF = math.inf
+MAX_STEPS = 10 ** 10  # optimizer steps: far beyond any run, small enough to stay an exact int
+TEACHER_KINDS = ("whisper", "hf", "fairseq", "cached", "random")  # = speechtok.codec.teachers.TEACHER_KINDS
+
+
+def _check_ranges(obj, ranges: dict) -> None:
+    """Each field of ``obj`` (a number or a tuple of numbers) lies in ``ranges[field] = (lo, hi)``
+    (inclusive; ``lo`` given as ``(lo,)`` is exclusive) and is finite."""
+    for name, (lo, hi) in ranges.items():
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        for v in value if isinstance(value, tuple) else (value,):
+            strict = isinstance(lo, tuple)
+            low = lo[0] if strict else lo
+            bad = not math.isfinite(v) or (v <= low if strict else v < low) or v > hi
+            if bad:
+                span = f"{'(' if strict else '['}{low}, {hi}]"
+                raise TrainConfigError(f"{name} must lie in {span}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -56,8 +84,8 @@ class DataConfig:
     valid_items: int = 4
 
     def __post_init__(self):
-        if not self.crop_seconds > 0 or self.batch_size < 1 or self.num_workers < 0:
-            raise TrainConfigError(f"data: need crop_seconds > 0, batch_size >= 1, num_workers >= 0; got {self}")
+        _check_ranges(self, {"crop_seconds": ((0.0,), 3600.0), "batch_size": (1, MAX_BATCH),
+                             "num_workers": (0, 1024), "min_seconds": (0.0, 3600.0), "valid_items": (1, MAX_BATCH)})
 
 
 @dataclass(frozen=True)
@@ -76,10 +104,13 @@ class LossConfig:
     adv_start_step: int = 0  # train without the GAN losses before this step
 
     def __post_init__(self):
+        _check_ranges(self, {"mel_weight": (0.0, INF), "stft_weight": (0.0, INF), "adv_weight": (0.0, INF),
+                             "feature_weight": (0.0, INF), "penalty_weight": (0.0, INF), "mel_windows": (2, 1 << 16),
+                             "mel_bins": (1, 4096), "stft_windows": (2, 1 << 16), "adv_start_step": (0, MAX_STEPS)})
         if len(self.mel_windows) != len(self.mel_bins):
-            raise TrainConfigError(f"loss: mel_windows {self.mel_windows} and mel_bins {self.mel_bins} differ in length")
+            raise TrainConfigError(f"mel_windows {self.mel_windows} and mel_bins {self.mel_bins} differ in length")
         if self.adversarial not in ("lsgan", "hinge"):
-            raise TrainConfigError(f"loss.adversarial must be 'lsgan' or 'hinge', got {self.adversarial!r}")
+            raise TrainConfigError(f"adversarial must be 'lsgan' or 'hinge', got {self.adversarial!r}")
 
 
 @dataclass(frozen=True)
@@ -90,6 +121,10 @@ class DiscriminatorConfig:
     period_channels: int = 32
     stft_windows: tuple[int, ...] = (2048, 1024, 512)
     stft_channels: int = 32
+
+    def __post_init__(self):
+        _check_ranges(self, {"periods": (1, 1024), "period_channels": (1, 4096), "stft_windows": (2, 1 << 16),
+                             "stft_channels": (1, 4096)})
 
 
 @dataclass(frozen=True)
@@ -104,6 +139,11 @@ class OptimConfig:
     lr_gamma: float = 1.0  # lr *= gamma each step after warmup (DAC: 0.999996)
     grad_clip: float = 1000.0
     disc_grad_clip: float = 10.0
+
+    def __post_init__(self):
+        _check_ranges(self, {"lr": ((0.0,), 10.0), "disc_lr": ((0.0,), 10.0), "betas": (0.0, 0.999999),
+                             "weight_decay": (0.0, 10.0), "warmup_steps": (0, MAX_STEPS), "lr_gamma": ((0.0,), 1.0),
+                             "grad_clip": ((0.0,), INF), "disc_grad_clip": ((0.0,), INF)})
 
 
 @dataclass(frozen=True)
@@ -127,6 +167,12 @@ class TeacherConfig:
     threads: int = 2  # whisper: ctranslate2 intra_threads
     pad_to_window: bool = True  # whisper: pad inputs to the 30 s window (as Whisper was trained)
 
+    def __post_init__(self):
+        if self.kind not in TEACHER_KINDS:
+            raise TrainConfigError(f"kind {self.kind!r} is not a teacher kind; valid kinds: {list(TEACHER_KINDS)}")
+        _check_ranges(self, {"layer": (0, 1024), "dim": (1, 1 << 16), "frame_rate": ((0.0,), 1000.0),
+                             "threads": (0, 1024)})
+
 
 @dataclass(frozen=True)
 class DistillConfig:
@@ -142,8 +188,9 @@ class DistillConfig:
     loss: str = "frame_cosine"
 
     def __post_init__(self):
+        _check_ranges(self, {"weight": (0.0, INF)})
         if self.loss not in ("frame_cosine", "dim_cosine"):
-            raise TrainConfigError(f"distill.loss must be 'frame_cosine' or 'dim_cosine', got {self.loss!r}")
+            raise TrainConfigError(f"loss must be 'frame_cosine' or 'dim_cosine', got {self.loss!r}")
 
 
 @dataclass(frozen=True)
@@ -201,8 +248,11 @@ class TrainConfig:
             raise TrainConfigError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
         if self.quantize_start_step < 0:
             raise TrainConfigError(f"quantize_start_step must be >= 0, got {self.quantize_start_step}")
-        if self.steps < 0 or self.checkpoint_every < 0 or self.keep_checkpoints < 1:
-            raise TrainConfigError("steps and checkpoint_every must be >= 0 and keep_checkpoints >= 1")
+        _check_ranges(self, {"steps": (0, MAX_STEPS), "log_every": (1, MAX_STEPS), "checkpoint_every": (0, MAX_STEPS),
+                             "keep_checkpoints": (1, 10 ** 6), "sample_every": (0, MAX_STEPS),
+                             "valid_every": (0, MAX_STEPS), "threads": (0, 1024)})
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise TrainConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -256,24 +306,26 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls, data: Any, where: str = "config"):
+def from_dict(cls, data: Any, where: str = ""):
     """Build dataclass ``cls`` from a nested mapping; unknown keys raise `TrainConfigError`."""
     if isinstance(data, cls):
         return data
     if not isinstance(data, dict):
-        raise TrainConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+        raise TrainConfigError(f"{where or 'top level'}: expected a mapping for {cls.__name__}, "
+                               f"got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     # "format"/"format_version" are file metadata; keys starting with "_" are comments
     data = {k: v for k, v in data.items() if k not in ("format", "format_version") and not k.startswith("_")}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise TrainConfigError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; valid: {sorted(names)}")
-    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+        raise TrainConfigError(f"{where or 'top level'}: unknown key(s) {unknown} for {cls.__name__}; "
+                               f"valid: {sorted(names)}")
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except TrainConfigError as e:
-        raise TrainConfigError(f"{where}: {e}") from e
+        raise TrainConfigError(f"{where}.{e}" if where else str(e)) from e
 
 
 def _resolve(base: Path, p: str) -> str:
@@ -305,15 +357,58 @@ def load_train_config(path: Union[str, os.PathLike], overrides: Optional[dict] =
     if not isinstance(version, int) or version > CONFIG_FORMAT_VERSION:
         raise TrainConfigError(f"{path}: training config format_version {version!r} is not supported "
                                f"(this speechtok reads <= {CONFIG_FORMAT_VERSION})")
+    teacher = (raw.get("distill") or {}).get("teacher") if isinstance(raw.get("distill"), dict) else None
+    if isinstance(teacher, dict) and teacher.get("trust_pickle"):
+        raise TrainConfigError(f"{path}: distill.teacher.trust_pickle: a file cannot allow pickle loading; "
+                               "give it on the command line (--set distill.teacher.trust_pickle=true)")
     _resolve_paths(raw, path.resolve().parent)
-    if overrides:  # paths given on the command line are relative to the working directory
-        overrides = json.loads(json.dumps(overrides))
-        _resolve_paths(overrides, Path.cwd())
-        raw = merge(raw, overrides)
+    cfg = _build(raw, str(path))  # the file on its own must be valid: its errors name the file
+    if not overrides:
+        return cfg
+    overrides = json.loads(json.dumps(overrides))  # paths given on the command line: relative to the cwd
+    _resolve_paths(overrides, Path.cwd())
+    return _build(merge(raw, overrides), f"{path} with --set {', '.join(_keys(overrides))}")
+
+
+def _build(raw: dict, source: str) -> TrainConfig:
     try:
-        return from_dict(TrainConfig, raw, where=str(path))
-    except TypeError as e:
-        raise TrainConfigError(f"{path}: {e}") from e
+        return from_dict(TrainConfig, raw)
+    except (TrainConfigError, TypeError) as e:
+        raise TrainConfigError(f"{source}: {e}") from e
+
+
+def _keys(tree: dict, prefix: str = "") -> list[str]:
+    """Dotted leaf keys of a nested mapping (the ``--set`` keys, for error messages)."""
+    out = []
+    for k, v in tree.items():
+        out.extend(_keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"])
+    return out
+
+
+def with_train_data(cfg: TrainConfig, data: Sequence[str], source: str) -> TrainConfig:
+    """``cfg`` with ``data.train`` replaced by ``data`` (command-line paths, made absolute) when
+    given; raises naming ``source`` (the config file) when neither gives any training data."""
+    if data:
+        cfg = cfg.replace(data=dataclasses.replace(cfg.data, train=tuple(_resolve(Path.cwd(), str(d)) for d in data)))
+    if not cfg.data.train:
+        raise TrainConfigError(f"{source}: no training data: pass --data MANIFEST.jsonl or --data AUDIO_DIR "
+                               "(repeatable), or set data.train in the config")
+    return cfg
+
+
+def resolve_teacher_path(cfg: TrainConfig) -> TrainConfig:
+    """``distill.teacher.path = "whisper:NAME"`` -> the directory of the installed Whisper weights
+    (`speechtok.benchmarks.asr.whisper_model_dir`; a split model is assembled once)."""
+    t = cfg.distill.teacher
+    if t is None or not (t.path or "").startswith("whisper:"):
+        return cfg
+    from speechtok.benchmarks.asr import whisper_model_dir
+
+    try:
+        path = whisper_model_dir(t.path.split(":", 1)[1])
+    except FileNotFoundError as e:
+        raise TrainConfigError(f"distill.teacher.path: {e}") from e
+    return cfg.replace(distill=dataclasses.replace(cfg.distill, teacher=dataclasses.replace(t, path=path)))
 
 
 def _resolve_paths(raw: dict, base: Path) -> None:
@@ -325,7 +420,8 @@ def _resolve_paths(raw: dict, base: Path) -> None:
                 data[key] = [_resolve(base, p) if isinstance(p, str) else p for p in data[key]]
     distill = raw.get("distill")
     teacher = distill.get("teacher") if isinstance(distill, dict) else None
-    if isinstance(teacher, dict) and isinstance(teacher.get("path"), str):
+    if isinstance(teacher, dict) and isinstance(teacher.get("path"), str) and \
+            not teacher["path"].startswith("whisper:"):  # whisper:NAME names installed weights, not a path
         teacher["path"] = _resolve(base, teacher["path"])
 
 

@@ -17,6 +17,9 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from speechtok.formats import MAX_SAMPLE_RATE, get_field, safe_text
+
+MAX_SECONDS = 3600.0 * 24 * 7  # one manifest item: at most a week of audio
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
 
 
@@ -67,16 +70,31 @@ def _read_manifest(path: Path) -> list[Utterance]:
                 continue
             try:
                 row = json.loads(line)
-                audio = row["audio"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"{path}:{n}: bad manifest line ({e!r})") from e
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: bad manifest line ({e.msg})") from e
+            where = f"{path}:{n}"
+            audio = get_field(row, "audio", str, where, DataError, "manifest line")
             apath = audio if os.path.isabs(audio) else str(path.parent / audio)
             uid = str(row.get("id") or Path(audio).stem)
-            dur, sr = row.get("duration"), row.get("sample_rate")
+            dur = get_field(row, "duration", float, where, DataError, "manifest line", lo=0.0, hi=MAX_SECONDS,
+                            default=None, allow_none=True)
+            sr = get_field(row, "sample_rate", int, where, DataError, "manifest line", lo=1, hi=MAX_SAMPLE_RATE,
+                           default=None, allow_none=True)
             if dur is None or sr is None:
                 dur, sr = _probe(apath)
-            out.append(Utterance(uid, apath, float(dur), int(sr), row.get("speaker"), row.get("source")))
+            out.append(Utterance(uid, apath, float(dur), int(sr), _opt_str(row, "speaker", where),
+                                 _opt_str(row, "source", where)))
     return out
+
+
+def _opt_str(row: dict, key: str, where: str) -> Optional[str]:
+    """An optional text field of a manifest line (``speaker``/``source``); numbers are kept as text."""
+    value = row.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise DataError(f"{where}: manifest line {key!r} must be a string, got {safe_text(repr(value), 60)}")
 
 
 def _probe(path: str) -> tuple[float, int]:

@@ -184,8 +184,9 @@ def test_cli_preprocess(tmp_path):
     data = make_dataset(tmp_path / "in", 12)
     r = CliRunner().invoke(main, ["preprocess", str(data), str(tmp_path / "out"), "-m", "mulaw-16k", "--shard-items", "5",
                                   "--no-progress"])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1, r.output  # one item (broken.wav) failed: reported, and a non-zero exit
     assert "12 items in 3 shards" in r.output and "1 errors" in r.output
+    assert f"error: {data / 'spk0' / 'broken.wav'}: " in r.output
     assert len(ShardSet(tmp_path / "out")) == 12
     r = CliRunner().invoke(main, ["preprocess", str(data), str(tmp_path / "out"), "-m", "mulaw-16k", "-k", "1",
                                   "--no-progress"])
