@@ -136,24 +136,16 @@ class CodecTokenizer(BaseTokenizer):
         """``[C, n]`` blocks -> the pieces `_encode` gives the model for their concatenation: ``[C,
         window_frames * hop]`` each, then the rest zero-padded to whole frames (if any). ``total[0]``
         counts the samples seen."""
-        step = self.cfg.window_frames * self.hop_length
-        pending: list[torch.Tensor] = []
-        have = 0
-        for block in blocks:
-            total[0] += block.shape[-1]
-            pending.append(block)
-            have += block.shape[-1]
-            if have < step:
-                continue
-            joined = torch.cat(pending, dim=-1)
-            cut = have // step * step
-            for i in range(0, cut, step):
-                yield joined[:, i:i + step]
-            pending, have = [joined[:, cut:]], have - cut
-        if have:
-            rest = torch.cat(pending, dim=-1)
-            pad = -have % self.hop_length
-            yield torch.nn.functional.pad(rest, (0, pad)) if pad else rest
+        from speechtok.audio import rechunk
+
+        def counted():
+            for block in blocks:
+                total[0] += block.shape[-1]
+                yield block
+
+        for piece in rechunk(counted(), self.cfg.window_frames * self.hop_length):
+            pad = -piece.shape[-1] % self.hop_length  # only the last piece can be short
+            yield torch.nn.functional.pad(piece, (0, pad)) if pad else piece
 
     # ------------------------------------------------------------------ offline
     def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:

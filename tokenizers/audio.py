@@ -350,7 +350,7 @@ def _iter_blocks(path: Path, sr: int, new_sr: int, mono: bool,
             return
         o, n, _, _ = _resample_plan(sr, new_sr)
         out_block = n * max(1, round(block_seconds * sr / o))
-        yield from _rechunk(_resampled_segments(read, 1 if mono else f.channels, sr, new_sr, path), out_block)
+        yield from rechunk(_resampled_segments(read, 1 if mono else f.channels, sr, new_sr, path), out_block)
 
 
 def _resampled_segments(read, channels: int, sr: int, new_sr: int, path: Path) -> Iterator[torch.Tensor]:
@@ -386,7 +386,7 @@ def _resampled_segments(read, channels: int, sr: int, new_sr: int, path: Path) -
         buf, buf_start = buf[:, drop:], buf_start + drop
 
 
-def _rechunk(parts: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
+def rechunk(parts: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
     """``[C, *]`` pieces -> contiguous ``[C, size]`` blocks (the last one shorter, never empty)."""
     pending: list[torch.Tensor] = []
     have = 0
