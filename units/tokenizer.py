@@ -295,6 +295,11 @@ def load_units_dir(directory: Path, meta: dict, device: str = "cpu") -> UnitToke
         ext_state = {k[len("extractor."):]: v for k, v in state.items() if k.startswith("extractor.")}
         extractor = build_extractor(cfg["features"], ext_state or None, device=device,
                                     path=Path(directory) / "config.json")
+        if extractor.spec.checkpoint_hash != spec.checkpoint_hash or extractor.spec.dim != spec.dim:
+            # e.g. a Whisper model directory named in config.json that is not the one trained on
+            raise FeatureError(f"{Path(directory) / 'config.json'}: its feature extractor has weights sha256 "
+                               f"{extractor.spec.checkpoint_hash[:12]} (dim {extractor.spec.dim}); the units were "
+                               f"trained on {spec.checkpoint_hash[:12]} (dim {spec.dim})")
         km = KMeansModel(state["centroids"], spec, cfg.get("kmeans_info", {}))
         tok = UnitTokenizer(extractor, km, dedup=cfg.get("dedup", False), segmenter=seg, name=name)
         if cfg.get("bpe") is not None:

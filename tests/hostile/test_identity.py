@@ -96,3 +96,16 @@ def test_unit_bpe_directory_values_are_checked(tmp_path, edit):
     (d / "bpe.json").write_text(json.dumps(meta))
     with pytest.raises(CodesError, match="bpe.json"):
         UnitBPE.load(d)
+
+
+def test_units_config_cannot_swap_the_feature_extractor(tmp_path):
+    """A units config.json whose extractor is not the one the centroids were trained on (another
+    rate here; for Whisper, another model directory) is refused, not silently run."""
+    from speechtok.registry import ModelLoadError
+
+    d = _copy_builtin(tmp_path, "units-mfcc500-16k")
+    meta = json.loads((d / "config.json").read_text())
+    meta["config"]["features"]["config"]["sample_rate"] = 8000
+    (d / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="trained on"):
+        speechtok.load(d)
