@@ -65,11 +65,13 @@ def evil_store(tmp_path):
     marker = tmp_path / "PWNED"
     evil = tmp_path / "evil.pt"
     torch.save({"model": _Payload(marker), "cfg": {}}, evil)
-    # the payload works: unpickling a twin creates its marker
-    twin = tmp_path / "twin.pt"
-    torch.save({"model": _Payload(tmp_path / "TWIN")}, twin)
-    torch.load(twin, weights_only=False)
-    assert (tmp_path / "TWIN").exists()
+    # the payload works, and only the user's explicit opt-in runs it: the loader with trust_pickle=True
+    from speechtok.units.features.ssl import load_fairseq_ssl
+
+    with pytest.raises(Exception):  # the payload is no checkpoint; it has run by then
+        load_fairseq_ssl(evil, layer=1, trust_pickle=True)
+    assert marker.exists()
+    marker.unlink()
     return store, evil, marker
 
 
