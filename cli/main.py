@@ -77,18 +77,25 @@ def _report(report, verb: str) -> None:
         sys.exit(1)
 
 
-def _check_device(device: str) -> None:
+def device_problem(device: str):
+    """Why ``device`` cannot be used on this machine (not a torch device, no such GPU), or None."""
     import torch
 
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError) as e:
-        _fail(f"--device {device!r}: not a torch device ({e})")
+        return f"not a torch device ({e})"
     if dev.type == "cuda" and not (torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()):
-        _fail(f"--device {device}: no such CUDA GPU on this machine "
-              f"({torch.cuda.device_count()} visible); use --device cpu")
+        return f"no such CUDA GPU on this machine ({torch.cuda.device_count()} visible); use --device cpu"
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        _fail(f"--device {device}: MPS is not available on this machine; use --device cpu")
+        return "MPS is not available on this machine; use --device cpu"
+    return None
+
+
+def _check_device(device: str) -> None:
+    problem = device_problem(device)
+    if problem:
+        _fail(f"--device {device}: {problem}")
 
 
 def _load(model, device, **kw):

@@ -113,39 +113,30 @@ class CodecTokenizer(BaseTokenizer):
 
         The codes equal ``encode`` of the whole file (``load_audio`` at the model's rate) bitwise,
         by construction: the blocks equal the whole file's samples (`iter_audio_blocks`), and they
-        are regrouped into the pieces the offline path runs (`_window_pieces`: ``window_frames``
-        frames each, the last zero-padded to whole frames), so every model call has the same input
+        are regrouped into the pieces the offline path runs (``window_frames`` frames each, the last
+        zero-padded to whole frames), so every model call has the same input
         and shape. Memory does not grow with the file's duration.
 
         Returns `Codes` ``[1, K, T]`` with ``audio_lengths`` set. Raises `AudioError` naming the file.
         """
-        from speechtok.audio import fit_channels, iter_audio_blocks
+        from speechtok.audio import fit_channels, iter_audio_blocks, rechunk
 
-        blocks = (fit_channels(path, b, self.channels)
-                  for b in iter_audio_blocks(path, self.sample_rate, mono=self.channels == 1,
-                                             block_seconds=block_seconds))
-        parts, total = [], [0]
+        total = 0
+
+        def blocks():
+            nonlocal total
+            for b in iter_audio_blocks(path, self.sample_rate, mono=self.channels == 1, block_seconds=block_seconds):
+                total += b.shape[-1]
+                yield fit_channels(path, b, self.channels)
+
+        parts = []
         with self.stream(1, num_codebooks) as s:
-            for piece in self._window_pieces(blocks, total):
-                parts.append(s.encode(piece[None]))
+            for piece in rechunk(blocks(), self.cfg.window_frames * self.hop_length):
+                pad = -piece.shape[-1] % self.hop_length  # only the last piece can be short
+                parts.append(s.encode(torch.nn.functional.pad(piece, (0, pad))[None] if pad else piece[None]))
             parts.append(s.flush())  # nothing pending: every piece is whole frames
-        lengths = torch.tensor([total[0]])
+        lengths = torch.tensor([total])
         return self.make_codes(torch.cat(parts, dim=-1).cpu(), self.num_frames(lengths), audio_lengths=lengths)
-
-    def _window_pieces(self, blocks, total: list):
-        """``[C, n]`` blocks -> the pieces `_encode` gives the model for their concatenation: ``[C,
-        window_frames * hop]`` each, then the rest zero-padded to whole frames (if any). ``total[0]``
-        counts the samples seen."""
-        from speechtok.audio import rechunk
-
-        def counted():
-            for block in blocks:
-                total[0] += block.shape[-1]
-                yield block
-
-        for piece in rechunk(counted(), self.cfg.window_frames * self.hop_length):
-            pad = -piece.shape[-1] % self.hop_length  # only the last piece can be short
-            yield torch.nn.functional.pad(piece, (0, pad)) if pad else piece
 
     # ------------------------------------------------------------------ offline
     def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:

@@ -447,8 +447,9 @@ def _write_cause(folder: Path, e: Exception) -> str:
             return "read-only file system"
         if not os.access(folder, os.W_OK):
             return f"permission denied for {folder}"
-        if shutil.disk_usage(folder).free < (1 << 20):
-            return f"no space left on device ({shutil.disk_usage(folder).free} bytes free)"
+        free = shutil.disk_usage(folder).free
+        if free < (1 << 20):
+            return f"no space left on device ({free} bytes free)"
     except OSError:
         pass
     return f"{type(e).__name__}: {e}"

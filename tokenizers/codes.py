@@ -133,8 +133,11 @@ class Codes:
                 raise CodesError(f"durations must be [B, T]=[{B}, {T}], got {tuple(d.shape)}")
             if (d[self.mask()] < 1).any():
                 raise CodesError("durations must be >= 1 at valid tokens")
-        if self.audio_lengths is not None and tuple(self.audio_lengths.shape) != (B,):
-            raise CodesError(f"audio_lengths must be [B]=[{B}], got {tuple(self.audio_lengths.shape)}")
+        if self.audio_lengths is not None:
+            if tuple(self.audio_lengths.shape) != (B,):
+                raise CodesError(f"audio_lengths must be [B]=[{B}], got {tuple(self.audio_lengths.shape)}")
+            if B and int(self.audio_lengths.min()) < 0:
+                raise CodesError(f"audio_lengths must be >= 0, got {self.audio_lengths.tolist()[:8]}")
         return self
 
     def check_model(self, model_id: str) -> None:

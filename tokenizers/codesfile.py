@@ -19,11 +19,12 @@ from it; a bad one is a one-line `CodesFileError` naming the file and the proble
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 
@@ -123,16 +124,26 @@ def _check_meta(meta: dict, path: Path) -> dict:
 
 def read_codes_metadata(path: PathLike) -> dict[str, Any]:
     """The JSON metadata of a codes file, checked for format, version, types and ranges (no tensors read)."""
+    with _open(Path(path)) as (meta, _):
+        return meta
+
+
+@contextlib.contextmanager
+def _open(path: Path, device: str = "cpu") -> Iterator[tuple[dict, Any]]:
+    """Open a codes file once: yield its checked metadata and the open safetensors handle."""
     from safetensors import safe_open
 
-    path = Path(path)
     if not path.is_file():
         raise CodesFileError(f"{path}: no such codes file")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("speechtok")
+        handle = safe_open(str(path), framework="pt", device=device)
     except Exception as e:
         raise CodesFileError(f"{path}: not a speechtok codes file (unreadable safetensors: {e})") from e
+    with handle as f:
+        yield _parse_metadata((f.metadata() or {}).get("speechtok"), path), f
+
+
+def _parse_metadata(raw: Optional[str], path: Path) -> dict[str, Any]:
     if raw is None:
         raise CodesFileError(f"{path}: not a speechtok codes file (no 'speechtok' metadata)")
     try:
@@ -178,7 +189,7 @@ def _check_tensor_headers(f, meta: dict, path: Path) -> None:
             raise CodesFileError(f"{path}: tensor {name!r} must have shape {list(shape)}, got {list(shapes[name])}")
 
 
-def _check_lengths(codes: Codes, meta: dict, path: Path) -> None:
+def _check_item_lengths(codes: Codes, meta: dict, path: Path) -> None:
     """Expanded length bounded, ``audio_lengths`` consistent with the frames (checked before any expansion)."""
     if meta.get("lengths") is not None and meta["lengths"] != codes.lengths.tolist():
         raise CodesFileError(f"{path}: metadata 'lengths' disagrees with the 'lengths' tensor")
@@ -202,22 +213,24 @@ def load_codes(path: PathLike, expect_model_id: Optional[str] = None, device: st
 
     Raises `CodesFileError` ("<path>: <problem>") for anything malformed, inconsistent or oversized.
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    return read_codes(path, expect_model_id, device)[0]
 
+
+def read_codes(path: PathLike, expect_model_id: Optional[str] = None,
+               device: str = "cpu") -> tuple[Codes, dict[str, Any]]:
+    """`load_codes` that also returns the file's checked metadata (one read of the file)."""
     path = Path(path)
-    meta = read_codes_metadata(path)
-    if expect_model_id is not None and meta["model_id"] != expect_model_id:
-        raise CodesFileError(f"{path}: codes were made by model {safe_text(repr(meta['model_id']), 80)}, "
-                             f"not {expect_model_id!r}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
+    with _open(path, device) as (meta, f):
+        if expect_model_id is not None and meta["model_id"] != expect_model_id:
+            raise CodesFileError(f"{path}: codes were made by model {safe_text(repr(meta['model_id']), 80)}, "
+                                 f"not {expect_model_id!r}")
+        try:
             _check_tensor_headers(f, meta, path)
-        t = load_file(str(path), device=device)
-    except CodesFileError:
-        raise
-    except Exception as e:
-        raise CodesFileError(f"{path}: corrupt codes tensors ({e})") from e
+            t = {name: f.get_tensor(name) for name in TENSOR_DTYPES.keys() & set(f.keys())}
+        except CodesFileError:
+            raise
+        except Exception as e:
+            raise CodesFileError(f"{path}: corrupt codes tensors ({e})") from e
     try:
         codes = Codes(
             codes=t["codes"].long(), lengths=t["lengths"].long(), frame_rate=float(meta["frame_rate"]),
@@ -226,9 +239,7 @@ def load_codes(path: PathLike, expect_model_id: Optional[str] = None, device: st
             durations=t["durations"].long() if "durations" in t else None,
             audio_lengths=t["audio_lengths"].long() if "audio_lengths" in t else None,
         ).validate()
-        if codes.audio_lengths is not None and codes.batch_size and int(codes.audio_lengths.min()) < 0:
-            raise CodesError(f"audio_lengths must be >= 0, got {codes.audio_lengths.tolist()[:8]}")
     except CodesError as e:
         raise CodesFileError(f"{path}: {e}") from e
-    _check_lengths(codes, meta, path)
-    return codes
+    _check_item_lengths(codes, meta, path)
+    return codes, meta

@@ -21,7 +21,7 @@ from .atomic import is_temp_file
 from .audio import (AudioError, audio_info, fit_channels, is_audio_file, is_unsupported_audio, load_audio,
                     resample, save_audio)
 from .codes import CodesError
-from .codesfile import EXTENSION, CodesFileError, load_codes, read_codes_metadata, save_codes
+from .codesfile import EXTENSION, CodesFileError, load_codes, read_codes, read_codes_metadata, save_codes
 
 PathLike = Union[str, os.PathLike]
 
@@ -117,8 +117,7 @@ def stale_codes_reason(dst: Path, src: Path, model_id: str, num_codebooks: int,
     """Why the existing codes file ``dst`` is not a finished output of ``src`` encoded by ``model_id``
     with ``num_codebooks`` codebooks (``info``: `audio_info` of ``src``); None if it is."""
     try:
-        meta = read_codes_metadata(dst)
-        codes = load_codes(dst)
+        codes, meta = read_codes(dst)
     except CodesFileError as e:
         return _problem(e, dst)
     if meta["model_id"] != model_id:
@@ -235,14 +234,21 @@ def check_audio_format(audio_format: str) -> str:
     return fmt
 
 
+def source_format(meta: dict, path: Path) -> tuple[int, int, Optional[int]]:
+    """(sample rate, channels, frames or None) of the audio the codes file ``path`` was made from;
+    raises `CodesFileError` when it records none."""
+    rate, channels = meta.get("source_sample_rate"), meta.get("source_channels")
+    if rate is None or channels is None:
+        raise CodesFileError(f"{path}: records no source sample rate and channels (made by an older speechtok or "
+                             "not from a file): decode it without --match-source")
+    return rate, channels, meta.get("source_frames")
+
+
 def to_source_format(wav: torch.Tensor, sample_rate: int, meta: dict, path: Path) -> tuple[torch.Tensor, int]:
     """``[C, S]`` decoded audio -> ``[C', S']`` at the source's rate and channel count recorded in the
     codes file ``path`` (``meta``), trimmed to its length. Mono output is repeated to every channel;
     raises `CodesFileError` when the file records no source format."""
-    rate, channels, frames = meta.get("source_sample_rate"), meta.get("source_channels"), meta.get("source_frames")
-    if rate is None or channels is None:
-        raise CodesFileError(f"{path}: records no source sample rate and channels (made by an older speechtok or "
-                             "not from a file): decode it without --match-source")
+    rate, channels, frames = source_format(meta, path)
     wav = resample(wav, sample_rate, rate)
     if frames is not None:
         wav = wav[:, :frames]
@@ -286,11 +292,8 @@ def decode_files(inputs: Sequence[PathLike], output: PathLike, tokenizer=None, f
     for src, dst in _progress(pairs, len(pairs), "decode", progress):
         try:
             meta = read_codes_metadata(src)
-            if match_source and meta.get("source_sample_rate") is None:
-                to_source_format(torch.zeros(1, 0), 1, meta, src)  # raises: no source format recorded
+            rate, ch = source_format(meta, src)[:2] if match_source else (meta["sample_rate"], None)
             if dst.exists() and not force:
-                rate, ch = (meta.get("source_sample_rate"), meta.get("source_channels")) if match_source else \
-                    (meta["sample_rate"], None)
                 reason = stale_audio_reason(dst, rate, ch)
                 if reason is None:
                     report.skipped.append(dst)
@@ -324,8 +327,7 @@ def _decode_one(src: Path, dst: Path, meta: dict, tokenizer, cache: dict, match:
 
 def codes_info(path: PathLike) -> dict:
     """Metadata of a codes file plus duration (s), frames, nominal and entropy bitrate (bit/s)."""
-    codes = load_codes(path)
-    meta = read_codes_metadata(path)
+    codes, meta = read_codes(path)
     secs = float(codes.seconds().sum())
     return {**meta, "path": str(path), "batch": codes.batch_size, "num_codebooks": codes.num_codebooks,
             "frames": codes.lengths.tolist(), "seconds": round(secs, 4), "bitrate": round(codes.bitrate(), 2),

@@ -230,7 +230,7 @@ class BaseTokenizer(torch.nn.Module):
         ``lengths`` ``[B]`` gives valid samples of a zero-padded batch; results equal per-item ones.
         ``num_codebooks`` keeps the first k codebooks (lower bitrate).
         """
-        sr = self.sample_rate if sample_rate is None else check_sample_rate(sample_rate)
+        sr = self.sample_rate if sample_rate is None else sample_rate  # checked by prepare_audio
         k = num_codebooks
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_codebooks):
             raise ValueError(f"num_codebooks must be an integer in [1, {self.num_codebooks}], got {k!r}")
