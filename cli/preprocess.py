@@ -6,15 +6,15 @@ import sys
 
 import click
 
-# option -> (python name, kind); every size must be > 0 (and finite)
-_SIZES = {"--shard-items": ("shard_items", int), "--shard-hours": ("shard_hours", float),
-          "--batch-seconds": ("batch_seconds", float), "--batch-size": ("batch_size", int),
-          "--workers": ("workers", int), "--ray-workers": ("ray_workers", int), "-k": ("num_codebooks", int)}
+# option -> python name; every size must be > 0 (and finite)
+_SIZES = {"--shard-items": "shard_items", "--shard-hours": "shard_hours", "--batch-seconds": "batch_seconds",
+          "--batch-size": "batch_size", "--workers": "workers", "--ray-workers": "ray_workers",
+          "-k": "num_codebooks"}
 
 
 def _bad_option(values: dict):
     """The first size option that is not > 0 (or not finite), as a one-line problem, else None."""
-    for opt, (name, _) in _SIZES.items():
+    for opt, name in _SIZES.items():
         v = values[name]
         if v is not None and not (math.isfinite(v) and v > 0):
             return f"{opt}: must be > 0, got {v}"

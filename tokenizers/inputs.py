@@ -154,7 +154,7 @@ def _item_id(rec: dict, where: str, what: str) -> str:
 
 
 def _opt_str(rec: dict, key: str, where: str, what: str, ints: bool = False) -> Optional[str]:
-    v = rec.get(key) if isinstance(rec, dict) else None
+    v = rec.get(key)
     if v is None:
         return None
     if isinstance(v, str) or ints and isinstance(v, int) and not isinstance(v, bool):
@@ -212,6 +212,7 @@ def _lhotse_recording_item(base: Path, rec: dict, where: str) -> AudioItem:
 
 
 def _file_seconds(path: str) -> Optional[float]:
+    """Seconds of audio in the file, from its header; None if unreadable."""
     try:
         import soundfile as sf
 
@@ -307,7 +308,7 @@ def read_inputs(source: Any, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> li
         elif not path.is_file():
             raise InputError(f"{path}: no such file or directory")
         elif path.name.endswith((".jsonl", ".jsonl.gz", ".json")):
-            items = read_manifest(path)
+            return read_manifest(path)  # checks its ids itself, naming the lines
         elif path.suffix.lower() in {e.lower() for e in extensions}:
             items = read_list([path])
         else:  # a list file: one path a line
@@ -328,11 +329,7 @@ def probe_duration(item: AudioItem) -> Optional[float]:
     """Seconds of audio the item covers (from the file header when not given); None if unreadable."""
     if item.duration is not None:
         return item.duration
-    try:
-        import soundfile as sf
-
-        info = sf.info(item.path)
-        end = info.frames / info.samplerate if item.end is None else min(item.end, info.frames / info.samplerate)
-        return max(0.0, end - item.start)
-    except Exception:
+    secs = _file_seconds(item.path)
+    if secs is None:
         return None
+    return max(0.0, (secs if item.end is None else min(item.end, secs)) - item.start)

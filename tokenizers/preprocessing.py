@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
+from .atomic import is_temp_file
 from .formats import MAX_BATCH, MAX_CODEBOOKS, get_field
 from .inputs import MAX_ITEM_SECONDS, AudioItem, probe_duration, read_inputs
 from .preprocess_encoder import ShardEncoder, _prefetch, _tokenizer_meta
@@ -51,7 +52,8 @@ MAX_SHARDS = 10 ** 8
 _CONFIG_LIMITS = {"shard_items": (int, 1, 10 ** 9), "shard_seconds": (float, 0.0, 1e9),
                   "batch_seconds": (float, 0.0, 1e7), "max_batch_size": (int, 1, MAX_BATCH),
                   "num_workers": (int, 1, 4096), "prefetch_items": (int, 1, 10 ** 7),
-                  "long_file_seconds": (float, 0.0, MAX_ITEM_SECONDS)}
+                  "long_file_seconds": (float, 0.0, MAX_ITEM_SECONDS), "num_codebooks": (int, 1, MAX_CODEBOOKS)}
+_OPTIONAL = {"num_codebooks"}  # may also be None
 
 
 @dataclass(frozen=True)
@@ -82,14 +84,13 @@ class PreprocessConfig:
     def __post_init__(self):
         for name, (kind, lo, hi) in _CONFIG_LIMITS.items():
             v = getattr(self, name)
+            if v is None and name in _OPTIONAL:
+                continue
             ok = isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool)
             if not (ok and (lo < v <= hi if kind is float else lo <= v <= hi) and math.isfinite(v)):
                 rng = f"in ({lo}, {hi:g}]" if kind is float else f"in [{lo}, {hi}]"
-                raise ValueError(f"PreprocessConfig.{name} must be a {kind.__name__} {rng}, got {v!r}")
-        k = self.num_codebooks
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_CODEBOOKS):
-            raise ValueError(f"PreprocessConfig.num_codebooks must be None or an int in [1, {MAX_CODEBOOKS}], "
-                             f"got {k!r}")
+                what = ("None or " if name in _OPTIONAL else "") + ("an int" if kind is int else "a float")
+                raise ValueError(f"PreprocessConfig.{name} must be {what} {rng}, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -169,8 +170,8 @@ def _check_job(job: dict, path: Path) -> None:
 def open_job(output: Path, items: Sequence[AudioItem], tok: Any, model_spec: str,
              config: PreprocessConfig) -> dict:
     """Create the job (``plan.jsonl``, then ``job.json``) or check that an existing one matches:
-    same model, tokenizer metadata, codebooks, inputs and shard sizes (else `ShardError`)."""
-    output.mkdir(parents=True, exist_ok=True)
+    same model, tokenizer metadata, codebooks, inputs and shard sizes (else `ShardError`).
+    ``output`` exists (`preprocess` creates it before locking it)."""
     ihash = _inputs_hash(items)
     job_path = output / JOB_FILE
     if job_path.is_file():
@@ -334,12 +335,12 @@ def finalize(output: Path, job: dict) -> tuple[int, list[dict]]:
 
 def _clean_temp(output: Path) -> None:
     """Remove temp files left by runs that died (call with the directory locked: no run is writing)."""
-    stale = [p for name in (JOB_FILE, PLAN_FILE, INDEX_FILE, ERRORS_FILE) for p in output.glob(f".{name}.tmp-*")]
-    if (output / SHARD_DIR).is_dir():
-        stale += (output / SHARD_DIR).glob(".shard-*.tmp-*")
-    for p in stale:
-        with contextlib.suppress(OSError):
-            p.unlink()
+    for d in (output, output / SHARD_DIR):
+        if d.is_dir():
+            for p in d.iterdir():
+                if is_temp_file(p):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
 
 
 def _check_output(output: Path, inputs: Any) -> None:
@@ -388,7 +389,7 @@ def preprocess(inputs: Any, output: Union[str, Path], model: Any = None, *, devi
         tok, spec = model, model.model_id
     items = read_inputs(inputs)
     _check_output(output, inputs)
-    if config.num_codebooks is not None and not 1 <= config.num_codebooks <= len(tok.codebook_sizes):
+    if config.num_codebooks is not None and config.num_codebooks > len(tok.codebook_sizes):
         raise ValueError(f"num_codebooks={config.num_codebooks}: {tok.model_id} has "
                          f"{len(tok.codebook_sizes)} codebooks")
     try:

@@ -19,7 +19,6 @@ the JSON index records the safetensors' sha256, so a shard is either wholly ther
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -33,6 +32,7 @@ import torch
 from .atomic import atomic_path, atomic_write_text
 from .codes import Codes
 from .formats import read_versioned_json, safe_text
+from .registry import file_sha256
 
 SHARDS_FORMAT = "speechtok.shards"
 SHARDS_FORMAT_VERSION = 1
@@ -75,14 +75,6 @@ class EncodedItem:
     durations: Optional[torch.Tensor] = None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_shard(directory: PathLike, index: int, items: Sequence[EncodedItem], errors: Sequence[dict],
                 model_id: str, codebook_sizes: Sequence[int]) -> dict:
     """Write ``shards/shard-XXXXXX.{safetensors,json}`` atomically; returns the index dict.
@@ -122,7 +114,7 @@ def write_shard(directory: PathLike, index: int, items: Sequence[EncodedItem], e
         raise ShardError(f"{st_path}: cannot write shard ({_os_cause(e)})") from e
     index_rec = {
         "format": SHARDS_FORMAT, "format_version": SHARDS_FORMAT_VERSION, "shard": index,
-        "file": st_path.name, "sha256": _sha256(st_path), "model_id": model_id,
+        "file": st_path.name, "sha256": file_sha256(st_path), "model_id": model_id,
         "num_items": len(items), "num_frames": int(offsets[-1]),
         "items": [dict(it.meta, num_frames=n, audio_samples=int(it.audio_length), offset=int(o))
                   for it, n, o in zip(items, lengths, offsets.tolist())],
@@ -183,7 +175,7 @@ def verify_shard(directory: PathLike, number: int, expected: Sequence[tuple[str,
         items, errors = rec["items"], rec["errors"]
         if sorted((str(it["id"]), str(it["path"])) for it in items + errors) != sorted(expected):
             return f"{index_path}: its items are not the plan's items of shard {number}"
-        if rec["num_items"] != len(items) or st_path.stat().st_size == 0 or _sha256(st_path) != rec["sha256"]:
+        if rec["num_items"] != len(items) or file_sha256(st_path) != rec["sha256"]:
             return f"{st_path}: empty, truncated or replaced (sha256 does not match its index)"
         from safetensors import safe_open
 
@@ -309,7 +301,7 @@ class ShardSet:
         # not cached: iterating a large corpus must not accumulate every shard's index
         rec = self._indices.get(number) or read_shard_index(self.shards[number])
         path = self.directory / SHARD_DIR / rec["file"]
-        if self.verify and _sha256(path) != rec["sha256"]:
+        if self.verify and file_sha256(path) != rec["sha256"]:
             raise ShardError(f"{path}: sha256 does not match its index (corrupt or replaced shard)")
         try:
             t = load_file(str(path))
