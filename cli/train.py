@@ -34,15 +34,14 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
     return out
 
 
-def _load(config: str, sets: tuple[str, ...], data: tuple[str, ...] = (), teacher: bool = False):
-    """The validated config with ``--set`` and ``--data`` applied (``teacher``: resolve a
-    ``whisper:NAME`` teacher path to the installed weights)."""
+def _load(config: str, sets: tuple[str, ...], data: tuple[str, ...] = ()):
+    """The validated config with ``--set`` and ``--data`` applied and a ``whisper:NAME`` teacher
+    path resolved to the installed weights."""
     from speechtok.codec.train.config import TrainConfigError, load_train_config, resolve_teacher_path, \
         with_train_data
 
     try:
-        cfg = with_train_data(load_train_config(config, _overrides(sets)), data, config)
-        return resolve_teacher_path(cfg) if teacher else cfg
+        return resolve_teacher_path(with_train_data(load_train_config(config, _overrides(sets)), data, config))
     except TrainConfigError as e:
         raise click.ClickException(str(e)) from e
 
@@ -73,7 +72,7 @@ def codec(config, run_dir, steps, export_dir, no_resume, sets, data):
     from speechtok.codec.train.data import DataError
     from speechtok.codec.train.trainer import train_codec
 
-    cfg = _load(config, sets, data, teacher=True)
+    cfg = _load(config, sets, data)
     try:
         results = train_codec(cfg, run_dir, steps=steps, export=export_dir, resume=not no_resume)
     except DataError as e:
@@ -99,7 +98,7 @@ def cache_teacher(config, out_dir, shard_items, sets, data):
     from speechtok.codec.teachers.cached import precompute_features
     from speechtok.codec.train.data import DataError, list_utterances
 
-    cfg = _load(config, sets, data, teacher=True)
+    cfg = _load(config, sets, data)
     if cfg.distill.teacher is None:
         raise click.ClickException(f"{config}: no distill.teacher to cache")
     if cfg.distill.teacher.kind == "cached":
@@ -128,6 +127,6 @@ def export(config, run_dir, out_dir, name, sets, data):
 
     if find_checkpoint(run_dir) is None:
         raise click.ClickException(f"{run_dir}: no checkpoint to export")
-    trainer = CodecTrainer(_load(config, sets, data, teacher=True), run_dir, readonly=True)
+    trainer = CodecTrainer(_load(config, sets, data), run_dir, readonly=True)
     trainer.export(out_dir, name=name)
     click.echo(out_dir)

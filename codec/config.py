@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
@@ -22,8 +23,13 @@ from speechtok.formats import MAX_CODEBOOK_SIZE, MAX_CODEBOOKS, MAX_SAMPLE_RATE,
 
 
 class CodecConfigError(ValueError):
-    """A codec config value of the wrong type or out of range; the message names the key
+    """A codec config value of the wrong type or out of range; the message starts with the key
     (``section.field``). Loaders prefix the file's path."""
+
+    @property
+    def key(self) -> str:
+        """The key the message starts with, without an index (``seanet.ratios[2]`` -> ``seanet.ratios``)."""
+        return re.match(r"[\w.]*", str(self)).group()
 
 
 # Bounds on config values, checked before anything is built (a config file read from disk
@@ -47,10 +53,20 @@ def _int(key: str, value, lo: int, hi: int) -> None:
         raise CodecConfigError(f"{key}={value} is out of range [{lo}, {hi}]")
 
 
+def is_number(value) -> bool:
+    """A finite real number: not a bool, NaN or infinity, nor an int too large for a float."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float range
+        return False
+
+
 def _float(key: str, value, lo: float, hi: float, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+    if not is_number(value):
         raise CodecConfigError(f"{key} must be a finite number, got {safe_text(repr(value), 60)}")
     if not lo <= value <= hi:
         raise CodecConfigError(f"{key}={value} is out of range [{lo}, {hi}]")
@@ -224,9 +240,7 @@ class CodecConfig:
                                        f"seanet.dimension={self.seanet.dimension}")
         if self.transformer.d_model != self.seanet.dimension:
             raise CodecConfigError(f"transformer.d_model={self.transformer.d_model} must equal "
-                             f"seanet.dimension={self.seanet.dimension}")
-        if not 0 <= self.quantizer.n_semantic < self.quantizer.n_q or self.quantizer.n_q < 1:
-            raise CodecConfigError(f"need 0 <= quantizer.n_semantic < quantizer.n_q, got {self.quantizer}")
+                                   f"seanet.dimension={self.seanet.dimension}")
         size = estimated_elements(self)
         if size > MAX_ELEMENTS:
             raise CodecConfigError(f"the config describes a codec of about {size:.3g} floats (parameters and "
@@ -272,17 +286,13 @@ def estimated_elements(cfg: CodecConfig) -> int:
 _SECTIONS = {"seanet": SEANetConfig, "transformer": TransformerConfig, "quantizer": QuantizerSpec}
 
 
-def _section(cls, value: Any, key: str = ""):
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, Mapping):
-        raise CodecConfigError(f"{key or cls.__name__} must be a mapping, got {type(value).__name__}")
+def _section(cls, kw: dict, key: str):
+    """Section ``key`` of class ``cls`` from the dict ``kw`` (a full set of its fields, or more)."""
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(map(str, set(value) - names))
+    unknown = sorted(map(str, set(kw) - names))
     if unknown:
-        raise CodecConfigError(f"{key or cls.__name__}: unknown fields {[safe_text(u, 40) for u in unknown[:5]]}; "
+        raise CodecConfigError(f"{key}: unknown fields {[safe_text(u, 40) for u in unknown[:5]]}; "
                                f"valid: {sorted(names)}")
-    kw = dict(value)
     if isinstance(kw.get("ratios"), list):
         kw["ratios"] = tuple(kw["ratios"])
     return cls(**kw)

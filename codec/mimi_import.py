@@ -25,8 +25,8 @@ import torch
 
 from speechtok.formats import MAX_SAMPLE_RATE, read_json, safe_text
 
-from .config import (MAX_RATIO, MAX_SCALES, CodecConfig, CodecConfigError, QuantizerSpec, SEANetConfig,
-                     TransformerConfig)
+from .config import MAX_RATIO, CodecConfig, CodecConfigError, QuantizerSpec, SEANetConfig, TransformerConfig, \
+    is_number
 
 _RENAMES_V5 = [  # transformers >= 5 in-memory names -> checkpoint names
     (r"^encoder\.encoder_seanet\.", "encoder."),
@@ -60,13 +60,13 @@ _HF_KEYS = {
 
 
 def _get(g: Mapping, key: str, kind, default, allow_none: bool = False):
-    """``g[key]`` (``default`` if absent) checked for type (bools are not numbers); ranges are
-    checked by `CodecConfig`."""
+    """``g[key]`` (``default`` if absent) checked for type (bools are not numbers), for the values
+    used before `CodecConfig` checks them (it checks the types and ranges of the rest)."""
     value = g.get(key, default)
     if value is None and allow_none:
         return None
     if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = is_number(value)
     elif kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     else:
@@ -102,21 +102,10 @@ def config_from_hf_mimi(hf: Mapping, name: str = "mimi") -> CodecConfig:
     head_dim = _get(g, "head_dim", int, None, allow_none=True) or hidden // heads
     if head_dim * heads != hidden:
         raise MimiImportError(f"unsupported Mimi config: head_dim={head_dim} x heads={heads} != hidden_size={hidden}")
-    ratios = _get(g, "upsampling_ratios", list, [8, 6, 5, 4], allow_none=True) or [8, 6, 5, 4]
-    if not ratios or len(ratios) > MAX_SCALES or not all(isinstance(r, int) and not isinstance(r, bool)
-                                                          and 1 <= r <= MAX_RATIO for r in ratios):
-        raise MimiImportError(f"Mimi config 'upsampling_ratios' must be 1 to {MAX_SCALES} integers in "
-                              f"[1, {MAX_RATIO}], got {safe_text(repr(ratios), 60)}")
-    ratios = tuple(ratios)
+    ratios = _get(g, "upsampling_ratios", list, None, allow_none=True) or [8, 6, 5, 4]
     sr = _get(g, "sampling_rate", int, 24000)
     if not 1 <= sr <= MAX_SAMPLE_RATE:
         raise MimiImportError(f"Mimi config sampling_rate={sr} is out of range [1, {MAX_SAMPLE_RATE}]")
-    hop = math.prod(ratios)
-    frame_rate = next((g[k] for k in ("_frame_rate", "frame_rate") if g.get(k) is not None), sr / (hop * 2))
-    if not isinstance(frame_rate, (int, float)) or isinstance(frame_rate, bool) or not 0 < frame_rate <= sr:
-        raise MimiImportError(f"Mimi config 'frame_rate' must be a number in (0, sampling_rate], "
-                              f"got {safe_text(repr(frame_rate), 60)}")
-    stride = int(math.ceil(sr / hop) / frame_rate)
     rope = _get(g, "rope_parameters", dict, None, allow_none=True) or {}
     theta = _get(rope, "rope_theta", float, _get(g, "rope_theta", float, 10000.0))
     if rope.get("rope_type", "default") != "default":
@@ -126,32 +115,33 @@ def config_from_hf_mimi(hf: Mapping, name: str = "mimi") -> CodecConfig:
     cb_dim = hidden if cb_dim is None else cb_dim
     if cb_dim != vq_dim:
         raise MimiImportError(f"unsupported Mimi config: codebook_dim={cb_dim} != vector_quantization_hidden_dimension={vq_dim}")
-    try:
+    try:  # the values passed on as they are: CodecConfig checks them, the error is mapped to the HF key
+        seanet = SEANetConfig(
+            channels=g.get("audio_channels", 1), dimension=hidden, n_filters=g.get("num_filters", 64),
+            ratios=tuple(ratios), kernel_size=g.get("kernel_size", 7), last_kernel_size=g.get("last_kernel_size", 3),
+            residual_kernel_size=g.get("residual_kernel_size", 3), n_residual_layers=g.get("num_residual_layers", 1),
+            dilation_base=g.get("dilation_growth_rate", 2), compress=g.get("compress", 2),
+            pad_mode=g.get("pad_mode", "constant"), true_skip=not _get(g, "use_conv_shortcut", bool, False))
+        frame_rate = next((g[k] for k in ("_frame_rate", "frame_rate") if g.get(k) is not None),
+                          sr / (seanet.hop_length * 2))
+        if not is_number(frame_rate) or not 0 < frame_rate <= sr:
+            raise MimiImportError(f"Mimi config 'frame_rate' must be a number in (0, sampling_rate], "
+                                  f"got {safe_text(repr(frame_rate), 60)}")
+        # capped: an absurdly low rate fails CodecConfig's frame_stride bound, not int(inf)
+        stride = int(min(math.ceil(sr / seanet.hop_length) / frame_rate, MAX_RATIO + 1))
         return CodecConfig(
-            name=name, sample_rate=sr,
-            seanet=SEANetConfig(
-                channels=_get(g, "audio_channels", int, 1), dimension=hidden, n_filters=_get(g, "num_filters", int, 64),
-                ratios=ratios, kernel_size=_get(g, "kernel_size", int, 7),
-                last_kernel_size=_get(g, "last_kernel_size", int, 3),
-                residual_kernel_size=_get(g, "residual_kernel_size", int, 3),
-                n_residual_layers=_get(g, "num_residual_layers", int, 1),
-                dilation_base=_get(g, "dilation_growth_rate", int, 2), compress=_get(g, "compress", int, 2),
-                pad_mode=_get(g, "pad_mode", str, "constant"),
-                true_skip=not _get(g, "use_conv_shortcut", bool, False)),
+            name=name, sample_rate=sr, seanet=seanet,
             transformer=TransformerConfig(
-                d_model=hidden, num_heads=heads, num_layers=_get(g, "num_hidden_layers", int, 8),
-                dim_feedforward=_get(g, "intermediate_size", int, 2048),
-                context=_get(g, "sliding_window", int, 250), max_period=float(theta),
-                layer_scale=_get(g, "layer_scale_initial_scale", float, 0.01, allow_none=True),
+                d_model=hidden, num_heads=heads, num_layers=g.get("num_hidden_layers", 8),
+                dim_feedforward=g.get("intermediate_size", 2048), context=g.get("sliding_window", 250),
+                max_period=float(theta), layer_scale=g.get("layer_scale_initial_scale", 0.01),
                 norm_eps=float(_get(g, "norm_eps", float, 1e-5))),
-            quantizer=QuantizerSpec(n_q=_get(g, "num_quantizers", int, 32),
-                                    n_semantic=_get(g, "num_semantic_quantizers", int, 1),
-                                    codebook_size=_get(g, "codebook_size", int, 2048), codebook_dim=vq_dim),
+            quantizer=QuantizerSpec(n_q=g.get("num_quantizers", 32), n_semantic=g.get("num_semantic_quantizers", 1),
+                                    codebook_size=g.get("codebook_size", 2048), codebook_dim=vq_dim),
             frame_stride=stride, upsample_groups=_get(g, "upsample_groups", int, hidden),
         )
     except CodecConfigError as e:
-        hf_key = _HF_KEYS.get(str(e).split("=")[0].split(" ")[0].split("[")[0], "config")
-        raise MimiImportError(f"Mimi config {hf_key!r}: {e}") from e
+        raise MimiImportError(f"Mimi config {_HF_KEYS.get(e.key, 'config')!r}: {e}") from e
 
 
 def convert_hf_mimi_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

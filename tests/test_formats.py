@@ -25,3 +25,14 @@ def test_versioned_json(tmp_path):
     p.write_text("{oops")
     with pytest.raises(E, match="a.json: unreadable thing"):
         read_versioned_json(p, "x", 2, E, "thing")
+
+
+def test_get_field_refuses_what_is_no_finite_float():
+    import math
+
+    from speechtok.formats import get_field
+
+    for bad in (10 ** 400, math.nan, math.inf, True, "1"):
+        with pytest.raises(ValueError, match="'x' must be float"):
+            get_field({"x": bad}, "x", float, "f.json", ValueError, "config")
+    assert get_field({"x": 3}, "x", float, "f.json", ValueError, "config") == 3.0

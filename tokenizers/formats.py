@@ -76,7 +76,7 @@ def get_field(meta: dict, key: str, kind, path: PathLike, error: type[Exception]
         return None
     ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if kind is float else \
         (isinstance(value, int) and not isinstance(value, bool)) if kind is int else isinstance(value, kind)
-    if kind is float and ok and value != value:  # NaN
+    if kind is float and ok and (value != value or abs(value) > 1.7e308):  # NaN, or an int no float holds
         ok = False
     if not ok:
         raise error(f"{path}: {what} {key!r} must be {kind.__name__}, got {safe_text(repr(value), 60)}")

@@ -28,6 +28,8 @@ from typing import Any, Optional, Sequence, Union
 
 from speechtok.formats import MAX_BATCH
 
+from ..teachers import TEACHER_KINDS
+
 CONFIG_FORMAT = "speechtok.train"
 CONFIG_FORMAT_VERSION = 1
 
@@ -38,12 +40,11 @@ class TrainConfigError(ValueError):
 
 INF = math.inf
 MAX_STEPS = 10 ** 10  # optimizer steps: far beyond any run, small enough to stay an exact int
-TEACHER_KINDS = ("whisper", "hf", "fairseq", "cached", "random")  # = speechtok.codec.teachers.TEACHER_KINDS
 
 
 def _check_ranges(obj, ranges: dict) -> None:
     """Each field of ``obj`` (a number or a tuple of numbers) lies in ``ranges[field] = (lo, hi)``
-    (inclusive; ``lo`` given as ``(lo,)`` is exclusive) and is finite."""
+    (inclusive; ``lo`` given as ``(lo,)`` is exclusive) and is not NaN or infinite (ints compare exactly)."""
     for name, (lo, hi) in ranges.items():
         value = getattr(obj, name)
         if value is None:
@@ -51,8 +52,7 @@ def _check_ranges(obj, ranges: dict) -> None:
         for v in value if isinstance(value, tuple) else (value,):
             strict = isinstance(lo, tuple)
             low = lo[0] if strict else lo
-            bad = not math.isfinite(v) or (v <= low if strict else v < low) or v > hi
-            if bad:
+            if isinstance(v, float) and not math.isfinite(v) or (v <= low if strict else v < low) or v > hi:
                 span = f"{'(' if strict else '['}{low}, {hi}]"
                 raise TrainConfigError(f"{name} must lie in {span}, got {value!r}")
 
@@ -241,14 +241,10 @@ class TrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self):
-        if not 0.0 <= self.quantize_prob <= 1.0 or not 0.0 <= self.quantizer_dropout <= 1.0:
-            raise TrainConfigError(f"quantize_prob and quantizer_dropout must lie in [0, 1], got "
-                                   f"{self.quantize_prob}, {self.quantizer_dropout}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise TrainConfigError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
-        if self.quantize_start_step < 0:
-            raise TrainConfigError(f"quantize_start_step must be >= 0, got {self.quantize_start_step}")
-        _check_ranges(self, {"steps": (0, MAX_STEPS), "log_every": (1, MAX_STEPS), "checkpoint_every": (0, MAX_STEPS),
+        _check_ranges(self, {"quantize_prob": (0.0, 1.0), "quantizer_dropout": (0.0, 1.0),
+                             "quantize_start_step": (0, INF), "steps": (0, MAX_STEPS), "log_every": (1, MAX_STEPS), "checkpoint_every": (0, MAX_STEPS),
                              "keep_checkpoints": (1, 10 ** 6), "sample_every": (0, MAX_STEPS),
                              "valid_every": (0, MAX_STEPS), "threads": (0, 1024)})
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
@@ -357,7 +353,7 @@ def load_train_config(path: Union[str, os.PathLike], overrides: Optional[dict] =
     if not isinstance(version, int) or version > CONFIG_FORMAT_VERSION:
         raise TrainConfigError(f"{path}: training config format_version {version!r} is not supported "
                                f"(this speechtok reads <= {CONFIG_FORMAT_VERSION})")
-    teacher = (raw.get("distill") or {}).get("teacher") if isinstance(raw.get("distill"), dict) else None
+    teacher = _teacher(raw)
     if isinstance(teacher, dict) and teacher.get("trust_pickle"):
         raise TrainConfigError(f"{path}: distill.teacher.trust_pickle: a file cannot allow pickle loading; "
                                "give it on the command line (--set distill.teacher.trust_pickle=true)")
@@ -411,6 +407,12 @@ def resolve_teacher_path(cfg: TrainConfig) -> TrainConfig:
     return cfg.replace(distill=dataclasses.replace(cfg.distill, teacher=dataclasses.replace(t, path=path)))
 
 
+def _teacher(raw: dict):
+    """``raw["distill"]["teacher"]`` of a raw (unchecked) config, None where absent or not a mapping."""
+    distill = raw.get("distill")
+    return distill.get("teacher") if isinstance(distill, dict) else None
+
+
 def _resolve_paths(raw: dict, base: Path) -> None:
     """Make ``data.train``/``data.valid`` and the teacher path absolute (relative to ``base``), in place."""
     data = raw.get("data")
@@ -418,8 +420,7 @@ def _resolve_paths(raw: dict, base: Path) -> None:
         for key in ("train", "valid"):
             if isinstance(data.get(key), list):
                 data[key] = [_resolve(base, p) if isinstance(p, str) else p for p in data[key]]
-    distill = raw.get("distill")
-    teacher = distill.get("teacher") if isinstance(distill, dict) else None
+    teacher = _teacher(raw)
     if isinstance(teacher, dict) and isinstance(teacher.get("path"), str) and \
             not teacher["path"].startswith("whisper:"):  # whisper:NAME names installed weights, not a path
         teacher["path"] = _resolve(base, teacher["path"])

@@ -68,11 +68,11 @@ def _read_manifest(path: Path) -> list[Utterance]:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            where = f"{path}:{n}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: bad manifest line ({e.msg})") from e
-            where = f"{path}:{n}"
+                raise DataError(f"{where}: bad manifest line ({e.msg})") from e
             audio = get_field(row, "audio", str, where, DataError, "manifest line")
             apath = audio if os.path.isabs(audio) else str(path.parent / audio)
             uid = str(row.get("id") or Path(audio).stem)

@@ -247,13 +247,6 @@ def test_bad_training_manifest_values_name_the_line(tmp_path, manifest, row, key
     assert f"{bad}:3" in out and key in out
 
 
-def test_config_teacher_kinds_are_the_teachers():
-    from speechtok.codec import teachers
-    from speechtok.codec.train import config
-
-    assert config.TEACHER_KINDS == teachers.TEACHER_KINDS
-
-
 def test_whisper_teacher_path_names_installed_weights(tmp_path, monkeypatch):
     from speechtok.codec.train.config import resolve_teacher_path
 
