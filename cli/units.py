@@ -42,14 +42,11 @@ def _friendly(fn):
 
 def _device(ctx, param, value: str) -> str:
     """``--device``: a torch device string that exists on this machine."""
-    import torch
+    from speechtok.cli.main import device_problem
 
-    try:
-        dev = torch.device(value)
-    except (RuntimeError, ValueError) as e:
-        raise click.BadParameter(f"{value!r} is not a torch device") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter(f"{value!r}: no CUDA GPU is available here")
+    problem = device_problem(value)
+    if problem:
+        raise click.BadParameter(f"{value!r}: {problem}")
     return value
 
 
@@ -185,12 +182,11 @@ def train_bpe_cmd(codes_files, out_dir, vocab_size, min_frequency, dedup, tok_di
     for f in codes_files:
         if _inside(f, out_dir):
             raise click.BadParameter(f"{out_dir} holds the input {f}; pick another output", param_hint="OUT_DIR")
-    if tok_dir:
-        _check_model_out(out_dir, {"--tokenizer": tok_dir}, "OUT_DIR")
     tok = None
     if tok_dir:
         import speechtok
 
+        _check_model_out(out_dir, {"--tokenizer": tok_dir}, "OUT_DIR")
         tok = speechtok.load(tok_dir)
         if not hasattr(tok, "set_bpe"):
             raise click.BadParameter(f"{tok_dir} is not a unit tokenizer", param_hint="--tokenizer")

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import torch
 
-from speechtok.formats import MAX_BATCH, check_format, get_field, read_json
+from speechtok.formats import MAX_BATCH, check_format, get_field, read_json, safe_text
 
 from .features.base import FeatureError
 from .featstore import FeatureStore, FeatureWriter
@@ -120,7 +120,7 @@ def extract_to_store(source: Any, extractor, out_dir, batch_seconds: Optional[fl
                 bar.update(len(batch))
     if bar is not None:
         bar.close()
-    return FeatureStore(out_dir)
+    return w.store
 
 
 def write_extractor_file(writer: FeatureWriter, extractor) -> Path:
@@ -188,8 +188,6 @@ def extractor_for_store(store: FeatureStore, checkpoint: Optional[str] = None, t
                              window_s=f("window_s", float, lo=1.0, hi=3600.0, default=30.0),
                              context_s=f("context_s", float, lo=0.0, hi=60.0, default=1.0))
     else:
-        from speechtok.formats import safe_text
-
         raise FeatureError(f"{store.dir}: unknown feature kind {safe_text(repr(spec.kind), 40)}")
     ext.spec.check_compatible(spec, what=f"feature store {store.dir}")
     return ext

@@ -28,8 +28,7 @@ from .features.base import MAX_FEATURE_DIM, FeatureError, FeatureSpec
 FORMAT = "speechtok.featstore"
 FORMAT_VERSION = 1
 INDEX = "index.json"
-_DTYPES = {"F32": np.float32, "F16": np.float16}
-_TAGS = {"float32": "F32", "float16": "F16"}
+_TAGS = {"float32": "F32", "float16": "F16"}  # store dtype -> safetensors dtype tag
 MAX_HEADER = 100 << 20  # safetensors' own limit on a header
 
 
@@ -41,7 +40,7 @@ class FeatureWriter:
 
     def __init__(self, directory: Union[str, Path], spec: FeatureSpec, shard_rows: int = 262144,
                  dtype: str = "float32"):
-        if dtype not in ("float32", "float16"):
+        if dtype not in _TAGS:
             raise FeatureError(f"feature store dtype must be float32 or float16, got {dtype!r}")
         self.dir = Path(directory)
         self._created = not self.dir.exists()
@@ -55,6 +54,7 @@ class FeatureWriter:
         self.utterances: list[dict] = []
         self._ids: set[str] = set()
         self.extra_files: list[str] = []  # files beside the shards (extractor.json), removed on failure
+        self.store: Optional[FeatureStore] = None  # the finished store, once closed
 
     def add(self, utt_id: str, feats) -> None:
         """Append one utterance ``[T, D]`` (torch or numpy)."""
@@ -93,7 +93,8 @@ class FeatureWriter:
                  "dim": self.spec.dim, "dtype": str(self.dtype), "num_rows": sum(s["rows"] for s in self.shards),
                  "shards": self.shards, "utterances": self.utterances}
         atomic_write_text(self.dir / INDEX, json.dumps(index) + "\n")
-        return FeatureStore(self.dir)
+        self.store = FeatureStore(self.dir)
+        return self.store
 
     def __enter__(self) -> "FeatureWriter":
         return self
@@ -137,8 +138,8 @@ def _memmap_safetensors(path: Path, rows: int, dim: int, dtype: str, name: str =
     if start < 0 or end - start != nbytes or 8 + n + end > size:
         raise FeatureError(f"{path}: shard data offsets {start}..{end} do not fit {nbytes} bytes in a {size}-byte file")
     if nbytes == 0:  # numpy cannot map zero bytes
-        return np.zeros(shape, dtype=_DTYPES[_TAGS[dtype]])
-    return np.memmap(path, dtype=_DTYPES[_TAGS[dtype]], mode="r", offset=8 + n + start, shape=shape)
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=8 + n + start, shape=shape)
 
 
 def _check_index(index: dict, path: Path) -> tuple[FeatureSpec, int, str]:

@@ -196,9 +196,9 @@ class UnitTokenizer(BaseTokenizer):
     def features(self, wav: torch.Tensor, sample_rate: Optional[int] = None,
                  lengths: Optional[torch.Tensor] = None) -> Features:
         """The features units are made from: ``[B, T, D]`` at ``frame_rate``."""
-        from speechtok.protocol import as_audio_tensor, check_sample_rate, prepare_audio
+        from speechtok.protocol import as_audio_tensor, prepare_audio
 
-        sr = self.sample_rate if sample_rate is None else check_sample_rate(sample_rate)
+        sr = self.sample_rate if sample_rate is None else sample_rate  # checked by prepare_audio
         wav, lengths = prepare_audio(as_audio_tensor(wav).to(self.device), sr, self.sample_rate, 1, lengths)
         return self.extractor.extract(wav, lengths)
 

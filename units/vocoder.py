@@ -23,7 +23,7 @@ from torch import nn
 
 from speechtok.formats import MAX_CODEBOOK_SIZE, MAX_SAMPLE_RATE, get_field, safe_text
 
-from .features.base import FeatureError
+from .features.base import FeatureError, check_keys
 
 VOCODER_VERSION = 1
 
@@ -85,12 +85,9 @@ class UnitVocoderConfig:
     @classmethod
     def from_dict(cls, d: dict, path="vocoder config") -> "UnitVocoderConfig":
         """A config read from ``path``, every size checked for type and range (see `_BOUNDS`)."""
-        names = set(cls.__dataclass_fields__)
         if not isinstance(d, dict):
             raise VocoderError(f"{path}: vocoder config must be a JSON object")
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise VocoderError(f"{path}: unknown vocoder config keys {safe_text(unknown, 80)}; valid: {sorted(names)}")
+        check_keys(d, cls.__dataclass_fields__, path, "vocoder config", VocoderError)
         kw = {}
         for key, (kind, lo, hi) in _BOUNDS.items():
             default = cls.__dataclass_fields__[key].default

@@ -106,15 +106,10 @@ def vocoder_config_from_train(model_section: dict, tokenizer) -> UnitVocoderConf
     for k in _FROM_TOKENIZER:
         if k in sec and sec[k] != want[k]:
             raise VocoderError(f"training config model.{k} = {sec[k]!r} but the tokenizer has {want[k]!r}")
-    unknown = sorted(set(sec) - set(UnitVocoderConfig.__dataclass_fields__))
-    if unknown:
-        raise VocoderError(f"unknown vocoder config keys {unknown} in the training config's model section")
-    sizes = {k: v for k, v in sec.items() if k not in _FROM_TOKENIZER}
-    if "ratios" not in sizes:  # a factorization of the tokenizer's hop
-        sizes["ratios"] = list(vocoder_config_for(tokenizer).ratios)
-    cfg = UnitVocoderConfig.from_dict({**sizes, **want}, "training config 'model' section")
-    check_vocoder_matches(cfg, tokenizer)
-    return cfg
+    if "ratios" not in sec:  # a factorization of the tokenizer's hop
+        sec["ratios"] = list(vocoder_config_for(tokenizer).ratios)
+    # unknown keys and sizes are checked by from_dict; K, rates and units id are the tokenizer's by construction
+    return UnitVocoderConfig.from_dict({**sec, **want}, "training config 'model' section")
 
 
 def train_vocoder(tokenizer: Union[str, Path, object], config, run_dir, steps: Optional[int] = None,
@@ -163,19 +158,19 @@ def _check_run_dir(run_dir: Path, vcfg: UnitVocoderConfig, resume: bool) -> None
 
     from speechtok.atomic import atomic_write_text
 
-    path = run_dir / RUN_FILE
+    path, new = run_dir / RUN_FILE, vcfg.to_dict()
     if resume and path.is_file():
         from speechtok.formats import read_json
 
         old = read_json(path, VocoderError, "vocoder run file")
         if not isinstance(old, dict):
             raise VocoderError(f"{path}: vocoder run file must be a JSON object")
-        if old != vcfg.to_dict():
-            diff = sorted(k for k in set(old) | set(vcfg.to_dict()) if old.get(k) != vcfg.to_dict().get(k))
+        if old != new:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise VocoderError(f"{path}: this run trains another vocoder (differs in {diff}); "
                                "use a new --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(vcfg.to_dict(), indent=1) + "\n")
+    atomic_write_text(path, json.dumps(new, indent=1) + "\n")
 
 
 def export_vocoder(tokenizer, vocoder: UnitVocoder, directory) -> Path:

@@ -17,7 +17,7 @@ from typing import Optional, Protocol, runtime_checkable
 
 import torch
 
-from speechtok.formats import MAX_SAMPLE_RATE, get_field
+from speechtok.formats import MAX_SAMPLE_RATE, get_field, safe_text
 
 LAYER_CONVENTION = "block-output-1based;0=pre-transformer (fairseq output_layer=L, HF hidden_states[L])"
 
@@ -31,13 +31,11 @@ class FeatureError(ValueError):
     """Bad input to, or a mismatch between, feature extractors and the artefacts built on them."""
 
 
-def check_keys(d: dict, known, path, what: str) -> None:
-    """Raise `FeatureError` naming ``path`` when ``d`` has keys outside ``known``."""
+def check_keys(d: dict, known, path, what: str, error: type[Exception] = FeatureError) -> None:
+    """Raise ``error`` naming ``path`` when ``d`` has keys outside ``known``."""
     unknown = sorted(set(d) - set(known))
     if unknown:
-        from speechtok.formats import safe_text
-
-        raise FeatureError(f"{path}: {what} has unknown keys {safe_text(unknown, 80)}; valid: {sorted(known)}")
+        raise error(f"{path}: unknown {what} keys {safe_text(unknown, 80)}; valid: {sorted(known)}")
 
 
 @dataclass(frozen=True)

@@ -275,10 +275,9 @@ def build_ssl_extractor(config: SSLConfig, state_dict: Optional[dict] = None,
             raise FeatureError(f"SSL weights do not match the architecture: {wrong[0]} is "
                                f"{tuple(state_dict[wrong[0]].shape)}, the config needs {own[wrong[0]]}")
     model = _build_model(config)
-    if state_dict is not None and checkpoint_hash is None:
-        checkpoint_hash = state_dict_sha256(state_dict)
     if state_dict is not None:
-        own = model.state_dict()
+        if checkpoint_hash is None:
+            checkpoint_hash = state_dict_sha256(state_dict)
         model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
     return SSLExtractor(config, model, checkpoint_hash)
 

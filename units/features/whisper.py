@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .base import Features, FeatureError, FeatureSpec, check_audio, pad_stack
+from .base import Features, FeatureError, FeatureSpec, check_audio, check_keys, pad_stack
 
 WINDOW = 480000  # 30 s at 16 kHz
 HOP = 320  # audio samples per encoder frame
@@ -47,8 +47,6 @@ class WhisperConfig:
     def from_dict(cls, d: dict, path="Whisper config") -> "WhisperConfig":
         """A config read from ``path``, each field checked for type and range."""
         from speechtok.formats import MAX_BATCH, get_field
-
-        from .base import check_keys
 
         def f(key, kind, **kw):
             return get_field(d, key, kind, path, FeatureError, "Whisper config", **kw)
