@@ -20,6 +20,7 @@ from typing import Optional, Union
 import torch
 
 from speechtok.codes import Codes
+from speechtok.formats import read_safetensors_header
 from speechtok.protocol import BaseTokenizer, Waveform, length_mask
 
 from .build import build_codec
@@ -230,22 +231,6 @@ _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, 
               "BOOL": torch.bool}
 
 
-def _safetensors_header(f) -> tuple[dict, int]:
-    """Parse a safetensors header (u64 little-endian length + JSON): (entries, data offset)."""
-    import json
-    import struct
-
-    raw = f.read(8)
-    if len(raw) != 8:
-        raise ValueError("truncated file (no safetensors header)")
-    (n,) = struct.unpack("<Q", raw)
-    if n > 100_000_000:
-        raise ValueError(f"implausible safetensors header length {n}")
-    header = json.loads(f.read(n))
-    header.pop("__metadata__", None)
-    return header, 8 + n
-
-
 def _read_entry(f, path, base: int, name: str, entry: dict, view: torch.Tensor) -> None:
     """Read one safetensors ``entry`` (header item) into ``view`` (checked for dtype and shape)."""
     shape, dtype = tuple(entry["shape"]), _ST_DTYPES.get(entry["dtype"])
@@ -282,7 +267,7 @@ def copy_safetensors_into(model: torch.nn.Module, files: list, rename) -> dict[s
         for path in files:
             with open(path, "rb") as f:
                 try:
-                    header, base = _safetensors_header(f)
+                    header, base = read_safetensors_header(f)
                 except (ValueError, UnicodeDecodeError) as e:
                     raise ValueError(f"{path}: not a safetensors file ({e})") from e
                 for name, entry in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):

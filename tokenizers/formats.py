@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -90,3 +90,25 @@ def safe_text(text, limit: int = 200) -> str:
     s = str(text)
     out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s[:limit])
     return out + ("..." if len(s) > limit else "")
+
+
+MAX_SAFETENSORS_HEADER = 100 << 20  # bytes; safetensors' own limit on a header
+
+
+def read_safetensors_header(f, size: Optional[int] = None) -> tuple[dict, int]:
+    """Parse the header of an open safetensors file ``f`` (u64 little-endian length + JSON), its
+    length bounded (by `MAX_SAFETENSORS_HEADER` and, given ``size``, the file): (entries, data offset).
+    Raises ValueError for a truncated or implausible header."""
+    import struct
+
+    raw = f.read(8)
+    if len(raw) != 8:
+        raise ValueError("truncated file (no safetensors header)")
+    (n,) = struct.unpack("<Q", raw)
+    if n > MAX_SAFETENSORS_HEADER or size is not None and n > size - 8:
+        raise ValueError(f"implausible safetensors header length {n}")
+    header = json.loads(f.read(n))
+    if not isinstance(header, dict):
+        raise ValueError("safetensors header is not a JSON object")
+    header.pop("__metadata__", None)
+    return header, 8 + n

@@ -15,13 +15,12 @@ complete. Reading memory-maps the shards: `FeatureStore.sample` reads only the r
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
 import numpy as np
 
-from speechtok.formats import get_field, read_versioned_json, safe_text
+from speechtok.formats import get_field, read_safetensors_header, read_versioned_json, safe_text
 
 from .features.base import MAX_FEATURE_DIM, FeatureError, FeatureSpec
 
@@ -29,7 +28,6 @@ FORMAT = "speechtok.featstore"
 FORMAT_VERSION = 1
 INDEX = "index.json"
 _TAGS = {"float32": "F32", "float16": "F16"}  # store dtype -> safetensors dtype tag
-MAX_HEADER = 100 << 20  # safetensors' own limit on a header
 
 
 class FeatureWriter:
@@ -122,24 +120,21 @@ def _memmap_safetensors(path: Path, rows: int, dim: int, dtype: str, name: str =
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > min(MAX_HEADER, size - 8):
-                raise ValueError(f"header size {n} exceeds the file")
-            header = json.loads(f.read(n))
+            header, base = read_safetensors_header(f, size)
         info = header[name]
         start, end = (int(v) for v in info["data_offsets"])
         shape = tuple(int(v) for v in info["shape"])
-    except (OSError, KeyError, TypeError, ValueError, struct.error) as e:
+    except (OSError, KeyError, TypeError, ValueError) as e:
         raise FeatureError(f"{path}: unreadable feature shard ({safe_text(e, 120)})") from e
     if info.get("dtype") != _TAGS[dtype] or shape != (rows, dim):
         raise FeatureError(f"{path}: shard holds {safe_text(info.get('dtype'), 20)} {shape}, the index says "
                            f"{_TAGS[dtype]} ({rows}, {dim})")
     nbytes = rows * dim * np.dtype(dtype).itemsize
-    if start < 0 or end - start != nbytes or 8 + n + end > size:
+    if start < 0 or end - start != nbytes or base + end > size:
         raise FeatureError(f"{path}: shard data offsets {start}..{end} do not fit {nbytes} bytes in a {size}-byte file")
     if nbytes == 0:  # numpy cannot map zero bytes
         return np.zeros(shape, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=8 + n + start, shape=shape)
+    return np.memmap(path, dtype=dtype, mode="r", offset=base + start, shape=shape)
 
 
 def _check_index(index: dict, path: Path) -> tuple[FeatureSpec, int, str]:
