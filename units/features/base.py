@@ -108,12 +108,38 @@ class Features:
 
 @runtime_checkable
 class FeatureExtractor(Protocol):
-    """``extract(wav [B, C, S], lengths [B]) -> Features``; audio at ``sample_rate``."""
+    """What every feature extractor is (MFCC, HuBERT/WavLM/wav2vec2, Whisper, ...).
+
+    ``extract(wav [B, C, S], lengths [B]) -> Features``: audio at ``sample_rate`` (zero-padded past
+    ``lengths``), features at ``spec.frame_rate`` Hz; a padded batch equals per-item calls.
+    ``frame_offset_s``: the centre of frame 0 in seconds (frame ``j`` is centred at
+    ``frame_offset_s + j / spec.frame_rate``), which is how a teacher aligns to a codec's frames.
+    ``describe()`` (JSON) and ``weights()`` (tensors, empty for weightless extractors) are what a
+    unit tokenizer directory stores; the registry's ``restore`` rebuilds the extractor from them.
+    """
 
     spec: FeatureSpec
     sample_rate: int
+    frame_offset_s: float
 
     def extract(self, wav: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> Features: ...
+
+    def num_frames(self, num_samples: int) -> int: ...
+
+    def describe(self) -> dict: ...
+
+    def weights(self) -> dict: ...
+
+
+@runtime_checkable
+class LayeredExtractor(FeatureExtractor, Protocol):
+    """An extractor of a layered model: any of its layers (``0..num_layers``, `LAYER_CONVENTION`)
+    from one forward pass. ``extract_layers`` returns ``{layer: Features}`` with each layer's spec."""
+
+    num_layers: int
+
+    def extract_layers(self, wav: torch.Tensor, lengths: Optional[torch.Tensor],
+                       layers) -> dict: ...
 
 
 def check_audio(wav: torch.Tensor, lengths: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
