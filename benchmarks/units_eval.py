@@ -6,8 +6,9 @@
 
 Data: the MBROLA voices (exact phone alignments, manifest ``phones`` TSV ``start end phone``),
 split by utterance index into train (k-means, BPE) and dev (all numbers). Frame labels: the phone
-under each feature frame's centre. PNMI = I(phone; unit) / H(phone) (HuBERT paper); phone purity =
-E_unit max_phone p(phone | unit); cluster purity = E_phone max_unit p(unit | phone).
+under each feature frame's centre (`speechtok.benchmarks.phone_metrics`; silence kept as a class).
+PNMI = I(phone; unit) / H(phone) (HuBERT paper); phone purity = E_unit max_phone p(phone | unit);
+cluster purity = E_phone max_unit p(unit | phone).
 Syllables: phones grouped around vowel nuclei (one intervocalic consonant goes to the onset, the
 rest to the coda; silences split); boundary precision/recall/F1/R-value at 50 ms tolerance with
 one-to-one matching, utterance edges excluded.
@@ -23,18 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .phone_metrics import SILENCE, frame_labels, pnmi_purity, read_phones  # noqa: F401 (re-exported)
+
 VOWELS = {"@", "I", "{", "V", "i", "E", "@U", "EI", "AI", "A", "U", "u", "Q", "eI", "e", "aU", "aI", "i:", "O:",
           "A:", "u:", "O2", "OI", "3:", "e@", "I@", "O", "r=", "l=", "3", "U@", "o", "a", "y", "9"}
-SIL = {"_", "#", "sil", "pau"}
-
-
-def read_phones(path: Path) -> list[tuple[float, float, str]]:
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            a, b, p = line.split("\t")[:3]
-            out.append((float(a), float(b), p.strip()))
-    return out
+SIL = SILENCE
 
 
 def syllable_boundaries(phones) -> list[float]:
@@ -87,33 +81,12 @@ def boundary_scores(n_ref: int, n_hyp: int, hits: int) -> dict:
     return {"precision": p, "recall": r, "f1": f1, "r_value": 1 - (abs(r1) + abs(r2)) / 2}
 
 
-def pnmi_purity(phones: np.ndarray, units: np.ndarray) -> dict:
-    pv, pi = np.unique(phones, return_inverse=True)
-    uv, ui = np.unique(units, return_inverse=True)
-    joint = np.zeros((len(pv), len(uv)))
-    np.add.at(joint, (pi, ui), 1)
-    joint /= joint.sum()
-    pp, pu = joint.sum(1), joint.sum(0)
-    nz = joint > 0
-    mi = (joint[nz] * np.log(joint[nz] / (pp[:, None] * pu[None, :])[nz])).sum()
-    hp = -(pp * np.log(pp)).sum()
-    return {"pnmi": mi / hp, "phone_purity": joint.max(0).sum(), "cluster_purity": joint.max(1).sum(),
-            "units_used": int(len(uv))}
-
-
-def frame_labels(phones, n_frames: int, frame_rate: float, offset: float) -> np.ndarray:
-    centres = offset + np.arange(n_frames) / frame_rate
-    starts = np.array([a for a, _, _ in phones])
-    idx = np.clip(np.searchsorted(starts, centres, side="right") - 1, 0, len(phones) - 1)
-    return np.array([phones[i][2] for i in idx])
-
-
 def main(argv=None):
     from speechtok.audio import load_audio
     from speechtok.bpe import UnitBPE
     from speechtok.codes import Codes
     from speechtok.dedup import dedup
-    from speechtok.units.api import make_extractor
+    from speechtok.units.features import load_extractor
     from speechtok.units.kmeans import KMeansConfig, train_kmeans
     from speechtok.units.segment import SegmenterConfig, pool_segments, segment
 
@@ -144,7 +117,7 @@ def main(argv=None):
     seg_table = ["| features | segmenter | precision | recall | F1 | R-value | segments/s |", "|---|---|---|---|---|---|---|"]
     rate_table = ["| features | stream | tokens/s | nominal bit/s | entropy bit/s |", "|---|---|---|---|---|"]
     for kind, ckpt in kinds:
-        ext = make_extractor(kind, checkpoint=ckpt)
+        ext = load_extractor(kind, ckpt)
         t0 = time.perf_counter()
         feats = {}
         ids = list(wavs)
@@ -159,7 +132,7 @@ def main(argv=None):
                 feats[u] = x.float()
         ext_s = time.perf_counter() - t0
         fr = ext.spec.frame_rate
-        offset = 0.0125 if kind == "mfcc" else 0.5 / fr  # frame centre of frame 0
+        offset = ext.frame_offset_s  # centre of frame 0
         train = np.concatenate([feats[u].numpy() for u in ids if split[u] == "train"])
         km = train_kmeans(train, KMeansConfig(n_clusters=a.k, nredo=3), spec=ext.spec)
         dev = [u for u in ids if split[u] == "dev"]

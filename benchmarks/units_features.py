@@ -78,10 +78,9 @@ def main(argv=None):
     exts = [("HuBERT-base arch, layer 6 (torchaudio, CPU)",
              build_ssl_extractor(SSLConfig(kind="hubert", layer=6, arch=HUBERT_BASE)))]
     if a.whisper_model:
-        from speechtok.units.features.whisper import WhisperConfig, WhisperExtractor
+        from speechtok.units.features import load_extractor
 
-        exts.append(("Whisper-base encoder (CTranslate2, CPU, 8 windows/call)",
-                     WhisperExtractor(WhisperConfig(model_dir=a.whisper_model, batch_size=8, threads=a.threads))))
+        exts.append(("Whisper-base encoder (CPU)", load_extractor("whisper", a.whisper_model)))
     for name, ext in exts:
         ext.extract(wavs[0][None, None])  # warm-up
         t_loop, t_batch, (err, nb) = run(ext, wavs, a.batch_seconds)

@@ -108,7 +108,10 @@ def cache_teacher(config, out_dir, shard_items, sets, data):
                                 cfg.data.exclude_sources)
     except DataError as e:
         raise click.ClickException(str(e)) from e
-    precompute_features(build_teacher(cfg.distill.teacher), items, out_dir, shard_items=shard_items, progress=True)
+    from speechtok.codec.train.ddp import pick_device
+
+    teacher = build_teacher(cfg.distill.teacher, device=pick_device(cfg.device))
+    precompute_features(teacher, items, out_dir, shard_items=shard_items, progress=True)
     click.echo(out_dir)
 
 

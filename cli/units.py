@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from speechtok.formats import MAX_CODEBOOK_SIZE
+from speechtok.units.features import EXTRACTORS  # the kind table only: no torch
 
 
 def _friendly(fn):
@@ -83,10 +84,10 @@ def units():
 @units.command("features")
 @click.argument("source")
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--kind", type=click.Choice(["mfcc", "logmel", "hubert", "wavlm", "whisper"]), default="mfcc",
-              show_default=True)
+@click.option("--kind", type=click.Choice(list(EXTRACTORS)), default="mfcc", show_default=True,
+              help="feature extractor (speechtok.units.features.EXTRACTORS)")
 @click.option("--checkpoint", default=None, type=click.Path(exists=True),
-              help="HF directory / fairseq .pt (hubert, wavlm) or CTranslate2 dir (whisper)")
+              help="HF directory / fairseq .pt (hubert, wavlm, wav2vec2); Whisper weights (whisper)")
 @click.option("--layer", type=click.IntRange(0, 1024), default=None,
               help="transformer block L (1-based; 0 = pre-transformer)")
 @click.option("--trust-pickle", is_flag=True, help="allow loading a fairseq .pt pickle (can run code)")
@@ -98,13 +99,12 @@ def units():
 def features_cmd(source, out_dir, kind, checkpoint, layer, trust_pickle, device, batch_seconds, dtype):
     """Extract features of SOURCE (dir, list or manifest) into a sharded store OUT_DIR (with the
     extractor.json that `train-kmeans` reads)."""
-    from speechtok.units.api import extract_to_store, make_extractor
+    from speechtok.units.api import extract_to_store
+    from speechtok.units.features import load_extractor
 
     if _same(source, out_dir):
         raise click.BadParameter(f"{out_dir} is the input; pick another output", param_hint="OUT_DIR")
-    if kind in ("mfcc", "logmel") and (checkpoint is not None or layer is not None):
-        raise click.BadParameter(f"{kind} features take no --checkpoint/--layer", param_hint="--kind")
-    ext = make_extractor(kind, checkpoint=checkpoint, layer=layer, trust_pickle=trust_pickle, device=device)
+    ext = load_extractor(kind, checkpoint, layer=layer, trust_pickle=trust_pickle, device=device)
     store = extract_to_store(source, ext, out_dir, batch_seconds=batch_seconds, dtype=dtype, progress=True)
     click.echo(f"{out_dir}: {len(store)} utterances, {store.num_rows} frames of {store.dim}-d "
                f"{store.spec.kind} features at {store.spec.frame_rate:g} Hz")

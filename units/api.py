@@ -1,6 +1,6 @@
 """High-level unit pipeline: make an extractor, dump features to a store, train a unit tokenizer.
 
-    ext = make_extractor("hubert", checkpoint="hubert_dir", layer=6)
+    ext = load_extractor("hubert", "hubert_dir", layer=6)                 # speechtok.units.features
     store = extract_to_store("data/manifest.jsonl", ext, "feats/")       # sharded, on disk
     tok = train_unit_tokenizer(store, ext, n_clusters=500)                # faiss, sampled rows
     tok.save("my-units"); speechtok.load("my-units").encode(wav, sample_rate=sr)
@@ -12,14 +12,14 @@ from typing import Any, Optional
 
 import torch
 
-from speechtok.formats import MAX_BATCH, check_format, get_field, read_json, safe_text
+from speechtok.formats import check_format, get_field, read_json, safe_text
 
-from .features.base import FeatureError
+from .features import load_extractor, restore_extractor
+from .features.base import FeatureError, MissingWeightsError
 from .featstore import FeatureStore, FeatureWriter
 from .kmeans import KMeansConfig, KMeansModel, train_kmeans
 from .segment import SegmenterConfig, pool_segments, segment
 
-EXTRACTORS = ("mfcc", "logmel", "hubert", "wavlm", "whisper")
 EXTRACTOR_FILE = "extractor.json"  # beside a feature store's index: how its features were made
 EXTRACTOR_FORMAT = "speechtok.extractor"
 EXTRACTOR_FORMAT_VERSION = 1
@@ -27,34 +27,8 @@ EXTRACTOR_FORMAT_VERSION = 1
 
 def make_extractor(kind: str, checkpoint: Optional[str] = None, layer: Optional[int] = None,
                    trust_pickle: bool = False, device: str = "cpu", **options):
-    """Build a feature extractor by name.
-
-    ``kind``: "mfcc"/"logmel" (no weights), "hubert"/"wavlm" (``checkpoint``: a Hugging Face
-    directory or a fairseq ``.pt`` with ``trust_pickle=True``; ``layer`` per `LAYER_CONVENTION`),
-    "whisper" (``checkpoint``: a CTranslate2 Whisper directory).
-    """
-    if kind in ("mfcc", "logmel"):
-        from .features.mfcc import MFCCConfig, MFCCExtractor
-
-        return MFCCExtractor(MFCCConfig(kind=kind, **options))
-    if kind in ("hubert", "wavlm"):
-        from .features.ssl import load_fairseq_ssl, load_hf_ssl
-
-        if checkpoint is None or layer is None:
-            raise FeatureError(f"{kind} features need a checkpoint and a layer")
-        path = Path(checkpoint)
-        if path.is_dir():
-            return load_hf_ssl(path, layer, **options).to(device)
-        if path.is_file():
-            return load_fairseq_ssl(path, layer, kind=kind, trust_pickle=trust_pickle, **options).to(device)
-        raise FeatureError(f"{path}: no such checkpoint file or directory")
-    if kind == "whisper":
-        from .features.whisper import WhisperConfig, WhisperExtractor
-
-        if checkpoint is None:
-            raise FeatureError("whisper features need the CTranslate2 model directory as checkpoint")
-        return WhisperExtractor(WhisperConfig(model_dir=str(checkpoint), device=device.split(":")[0], **options))
-    raise FeatureError(f"unknown extractor {kind!r}; choose one of {EXTRACTORS}")
+    """`speechtok.units.features.load_extractor` under its older name (``checkpoint`` = ``source``)."""
+    return load_extractor(kind, checkpoint, layer=layer, trust_pickle=trust_pickle, device=device, **options)
 
 
 def _batches(items: list, max_seconds: float, max_items: int) -> list[list]:
@@ -125,71 +99,65 @@ def extract_to_store(source: Any, extractor, out_dir, batch_seconds: Optional[fl
 
 def write_extractor_file(writer: FeatureWriter, extractor) -> Path:
     """Write ``extractor.json`` (the one place it is written): ``{"format", "format_version",
-    "extractor": extractor_config(ext)}``. It describes, and never locates, the extractor: no
+    "extractor": ext.describe()}``. It describes, and never locates, the extractor: no
     checkpoint path and no pickle permission are ever read back from it."""
     import json
 
     from speechtok.atomic import atomic_write_text
 
-    from .features import extractor_config
-
     desc = {"format": EXTRACTOR_FORMAT, "format_version": EXTRACTOR_FORMAT_VERSION,
-            "extractor": extractor_config(extractor)}
+            "extractor": extractor.describe()}
     path = writer.dir / EXTRACTOR_FILE
     atomic_write_text(path, json.dumps(desc, indent=2, sort_keys=True) + "\n")
     writer.extra_files.append(EXTRACTOR_FILE)
     return path
 
 
-def _extractor_options(store: FeatureStore) -> tuple[dict, Path]:
-    """The extractor ``config`` recorded in ``store``'s ``extractor.json`` ({} when absent or a
-    pre-format file, whose ``checkpoint``/``trust_pickle`` keys are ignored)."""
+def _stored_description(store: FeatureStore) -> tuple[Optional[dict], Path]:
+    """The extractor description (``{"type", "config", ...}``) in ``store``'s ``extractor.json``
+    (None when absent or a pre-format file, whose ``checkpoint``/``trust_pickle`` keys are ignored)."""
     path = store.dir / EXTRACTOR_FILE
     if not path.is_file():
-        return {}, path
+        return None, path
     meta = read_json(path, FeatureError, "extractor description")
     if isinstance(meta, dict) and "format" not in meta and "kind" in meta:  # the CLI's pre-format description
-        return {}, path
+        return None, path
     check_format(meta, path, EXTRACTOR_FORMAT, EXTRACTOR_FORMAT_VERSION, FeatureError, "extractor description")
-    ext = get_field(meta, "extractor", dict, path, FeatureError, "extractor description")
-    return get_field(ext, "config", dict, path, FeatureError, "extractor description"), path
+    return get_field(meta, "extractor", dict, path, FeatureError, "extractor description"), path
 
 
 def extractor_for_store(store: FeatureStore, checkpoint: Optional[str] = None, trust_pickle: bool = False,
                         device: str = "cpu"):
     """Rebuild the extractor that made ``store``'s features, checked against the store's spec.
 
-    The kind and layer come from the store; weights only from the caller's ``checkpoint`` (and
-    ``trust_pickle`` only from the caller): a store never names a file to load.
+    Weightless extractors (MFCC) are restored from the store's description; the others are
+    loaded from the caller's ``checkpoint`` with the store's kind and layer and their default
+    options (``trust_pickle`` only from the caller): a store never names a file to load. A store
+    made with other options (``spec.options``, e.g. ``normalize_audio``) is refused, naming them:
+    build that extractor with `load_extractor` and pass it to `train_unit_tokenizer`.
     """
-    spec, (opts, path) = store.spec, _extractor_options(store)
-
-    def f(key, kind, **kw):
-        return get_field(opts, key, kind, path, FeatureError, "extractor config", **kw)
-
-    if spec.kind in ("mfcc", "logmel"):
-        if checkpoint is not None:
-            raise FeatureError(f"{store.dir}: {spec.kind} features take no checkpoint")
-        from .features.mfcc import MFCCConfig, MFCCExtractor
-
-        ext = MFCCExtractor(MFCCConfig.from_dict(opts or spec.options, path if opts else store.dir / "index.json"))
-    elif checkpoint is None:
-        raise FeatureError(f"{store.dir}: these {spec.kind} features (layer {spec.layer}, weights sha256 "
-                           f"{spec.checkpoint_hash[:12]}) need the checkpoint they were made with; pass it "
-                           "(--checkpoint, and --trust-pickle only for a fairseq .pt you trust)")
-    elif spec.kind == "whisper":
-        ext = make_extractor("whisper", checkpoint=checkpoint, device=device,
-                             compute_type=f("compute_type", str, default="float32"),
-                             batch_size=f("batch_size", int, lo=1, hi=MAX_BATCH, default=8))
-    elif spec.kind in ("hubert", "wavlm", "wav2vec2"):
-        ext = make_extractor(spec.kind, checkpoint=checkpoint, layer=spec.layer, trust_pickle=trust_pickle,
-                             device=device, normalize_audio=f("normalize_audio", bool,
-                                                              default=bool(spec.options.get("normalize_audio"))),
-                             window_s=f("window_s", float, lo=1.0, hi=3600.0, default=30.0),
-                             context_s=f("context_s", float, lo=0.0, hi=60.0, default=1.0))
+    spec = store.spec
+    desc, path = _stored_description(store)
+    if desc is None:  # no (or a pre-format) extractor.json: the spec's options are a weightless config
+        desc, path = {"type": spec.kind, "config": spec.options}, store.dir / "index.json"
+    if checkpoint is None:
+        try:
+            ext = restore_extractor(desc, {}, device=device, path=path)
+        except MissingWeightsError as e:
+            raise FeatureError(f"{store.dir}: these {spec.kind} features (layer {spec.layer}, weights sha256 "
+                               f"{spec.checkpoint_hash[:12]}) need the checkpoint they were made with; pass it "
+                               "(--checkpoint, and --trust-pickle only for a fairseq .pt you trust)") from e
     else:
-        raise FeatureError(f"{store.dir}: unknown feature kind {safe_text(repr(spec.kind), 40)}")
+        ext = load_extractor(spec.kind, checkpoint, layer=spec.layer if spec.layer >= 0 else None,
+                             trust_pickle=trust_pickle, device=device)
     ext.spec.check_compatible(spec, what=f"feature store {store.dir}")
+    if ext.spec.options != spec.options:
+        diff = sorted(k for k in set(spec.options) | set(ext.spec.options)
+                      if spec.options.get(k) != ext.spec.options.get(k))
+        raise FeatureError(f"feature store {store.dir} was made with other extractor options "
+                           f"({safe_text({k: spec.options.get(k) for k in diff}, 120)}; the checkpoint's defaults: "
+                           f"{safe_text({k: ext.spec.options.get(k) for k in diff}, 120)}); build that extractor "
+                           "with speechtok.units.features.load_extractor and train in Python")
     return ext
 
 

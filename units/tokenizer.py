@@ -31,8 +31,8 @@ from speechtok.codes import Codes
 from speechtok.formats import MAX_CODEBOOK_SIZE, check_format, get_field, safe_text
 from speechtok.protocol import BaseTokenizer, Waveform, check_codes_fit
 
-from .features import build_extractor, extractor_config, extractor_state
-from .features.base import Features, FeatureError, FeatureSpec
+from .features import restore_extractor
+from .features.base import Features, FeatureError, FeatureExtractor, FeatureSpec
 from .kmeans import KMeansModel
 from .segment import SegmenterConfig, pool_segments, segment
 
@@ -82,6 +82,8 @@ class UnitTokenizer(BaseTokenizer):
     def __init__(self, extractor, kmeans: KMeansModel, dedup: bool = False,
                  segmenter: Optional[SegmenterConfig] = None, name: Optional[str] = None, bpe=None):
         super().__init__()
+        if not isinstance(extractor, FeatureExtractor):
+            raise FeatureError(f"{type(extractor).__name__} is not a FeatureExtractor")
         spec: FeatureSpec = extractor.spec
         if kmeans.dim != spec.dim:
             raise FeatureError(f"k-means has {kmeans.dim}-d centroids but the extractor gives {spec.dim}-d features")
@@ -235,7 +237,7 @@ class UnitTokenizer(BaseTokenizer):
 
     # ----------------------------------------------------------------- persistence
     def config_dict(self) -> dict:
-        return {"config_version": CONFIG_VERSION, "features": extractor_config(self.extractor),
+        return {"config_version": CONFIG_VERSION, "features": self.extractor.describe(),
                 "spec": self.spec.to_dict(), "n_clusters": self.units_codebook_sizes[0], "dedup": self.dedup,
                 "segmenter": asdict(self.segmenter) if self.segmenter else None, "kmeans_info": self.kmeans_info,
                 "bpe": {"tokenizer": json.loads(self.bpe.tok.to_str()), "meta": self.bpe.meta} if self.bpe else None,
@@ -246,7 +248,7 @@ class UnitTokenizer(BaseTokenizer):
         from speechtok.registry import save_model_dir
 
         state = {"centroids": self.centroids}
-        state.update({f"extractor.{k}": v for k, v in extractor_state(self.extractor).items()})
+        state.update({f"extractor.{k}": v for k, v in self.extractor.weights().items()})
         if self.vocoder is not None:
             state.update({f"vocoder.{k}": v for k, v in self.vocoder.state_dict().items()})
         return save_model_dir(directory, kind="units", name=self.name, config=self.config_dict(), state_dict=state)
@@ -293,8 +295,7 @@ def load_units_dir(directory: Path, meta: dict, device: str = "cpu") -> UnitToke
         state, _ = load_weights(Path(directory), device="cpu")
         name, cfg, spec, seg = _read_units_config(directory, meta, state)
         ext_state = {k[len("extractor."):]: v for k, v in state.items() if k.startswith("extractor.")}
-        extractor = build_extractor(cfg["features"], ext_state or None, device=device,
-                                    path=Path(directory) / "config.json")
+        extractor = restore_extractor(cfg["features"], ext_state, device=device, path=Path(directory) / "config.json")
         if extractor.spec.checkpoint_hash != spec.checkpoint_hash or extractor.spec.dim != spec.dim:
             # e.g. a Whisper model directory named in config.json that is not the one trained on
             raise FeatureError(f"{Path(directory) / 'config.json'}: its feature extractor has weights sha256 "

@@ -148,30 +148,38 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    """A frozen semantic teacher.
+    """A frozen semantic teacher (built by `speechtok.codec.teachers.build_teacher`).
 
     kind:
-        ``"whisper"`` (ctranslate2 directory), ``"hf"`` (Hugging Face HuBERT/WavLM directory via
-        torchaudio), ``"fairseq"`` (a fairseq ``.pt``; needs ``trust_pickle``), ``"cached"``
-        (features precomputed by `speechtok.codec.teachers.cached.precompute_features`),
+        a feature extractor kind of `speechtok.units.features.EXTRACTORS` (``"whisper"``,
+        ``"hubert"``, ``"wavlm"``, ``"wav2vec2"``, ``"mfcc"``, ``"logmel"``; ``path`` is what
+        ``load_extractor`` takes), ``"hf"`` (a Hugging Face directory; the kind is its
+        ``model_type``), ``"fairseq"`` (a fairseq HuBERT ``.pt``; needs ``trust_pickle``),
+        ``"cached"`` (features precomputed by `speechtok.codec.teachers.cached.precompute_features`),
         ``"random"`` (a fixed random projection of log-mel frames: for tests and dry runs).
+    path: the checkpoint (or cache folder); ``whisper:NAME`` (tiny.en, base) names installed
+        Whisper weights.
+    layer: per `speechtok.units.features.base.LAYER_CONVENTION` (layer L = output of transformer
+        block L, 1-based; 0 = its input); None = the model's default (SSL: the last block;
+        Whisper: what its extractor reads).
+    pad_to_window: whisper: pad inputs to the 30 s window (as Whisper was trained).
+    options: more keyword options of the extractor's ``load`` (e.g. ``normalize_audio``).
+    The teacher runs where the trainer runs (``TrainConfig.device``, ``threads``).
     """
 
     kind: str = "random"
     path: Optional[str] = None
-    layer: Optional[int] = None  # SSL: transformer layer (1-based); None = last
+    layer: Optional[int] = None
     trust_pickle: bool = False
     dim: int = 64  # "random" only
     frame_rate: float = 50.0  # "random" only
-    device: str = "cpu"  # whisper: where ctranslate2 runs
-    threads: int = 2  # whisper: ctranslate2 intra_threads
-    pad_to_window: bool = True  # whisper: pad inputs to the 30 s window (as Whisper was trained)
+    pad_to_window: bool = True
+    options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.kind not in TEACHER_KINDS:
             raise TrainConfigError(f"kind {self.kind!r} is not a teacher kind; valid kinds: {list(TEACHER_KINDS)}")
-        _check_ranges(self, {"layer": (0, 1024), "dim": (1, 1 << 16), "frame_rate": ((0.0,), 1000.0),
-                             "threads": (0, 1024)})
+        _check_ranges(self, {"layer": (0, 1024), "dim": (1, 1 << 16), "frame_rate": ((0.0,), 1000.0)})
 
 
 @dataclass(frozen=True)
@@ -394,14 +402,15 @@ def with_train_data(cfg: TrainConfig, data: Sequence[str], source: str) -> Train
 
 def resolve_teacher_path(cfg: TrainConfig) -> TrainConfig:
     """``distill.teacher.path = "whisper:NAME"`` -> the directory of the installed Whisper weights
-    (`speechtok.benchmarks.asr.whisper_model_dir`; a split model is assembled once)."""
+    (`speechtok.codec.teachers.teacher_source`; a split model is assembled once). `build_teacher`
+    resolves such paths itself too; this makes the resolved path visible in the saved config."""
+    from ..teachers import teacher_source
+
     t = cfg.distill.teacher
     if t is None or not (t.path or "").startswith("whisper:"):
         return cfg
-    from speechtok.benchmarks.asr import whisper_model_dir
-
     try:
-        path = whisper_model_dir(t.path.split(":", 1)[1])
+        path = teacher_source(t.path)
     except FileNotFoundError as e:
         raise TrainConfigError(f"distill.teacher.path: {e}") from e
     return cfg.replace(distill=dataclasses.replace(cfg.distill, teacher=dataclasses.replace(t, path=path)))

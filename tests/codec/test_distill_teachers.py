@@ -1,6 +1,7 @@
 """Semantic distillation: time alignment, cosine losses, the head, and every teacher kind
-(tiny random HuBERT/WavLM through torchaudio, a tiny random Whisper converted to ctranslate2,
-the feature cache, the random projection teacher)."""
+(`ExtractorTeacher` over tiny random HuBERT/WavLM and MFCC extractors, a tiny random Whisper,
+the feature cache, the random projection teacher). ``test_whisper_*`` need the PyTorch Whisper
+extractor (``speechtok.units.features.whisper`` with ``load``/``restore``) and skip until it lands."""
 from __future__ import annotations
 
 import json
@@ -10,9 +11,11 @@ import pytest
 import torch
 
 from speechtok.codec.distill import DistillHead, TeacherFeatures, align_features, distill_loss
-from speechtok.codec.teachers import build_teacher
+from speechtok.codec.teachers import TEACHER_KINDS, build_teacher
+from speechtok.codec.teachers.extractor import ExtractorTeacher
 from speechtok.codec.teachers.projection import ProjectionTeacher
 from speechtok.codec.train.config import TeacherConfig
+from speechtok.units.features import EXTRACTORS, FeatureError, Features, FeatureSpec, extractor_class
 
 
 def _ramp(B=2, T=20, rate=50.0, start=0.0):
@@ -104,10 +107,13 @@ def _tiny_ssl(tmp_path, kind: str):
 
 
 @pytest.mark.parametrize("kind", ["hubert", "wavlm"])
-def test_ssl_teacher_equals_transformers_hidden_state(tmp_path, kind):
+@pytest.mark.parametrize("via", ["hf", "kind"])
+def test_ssl_teacher_equals_transformers_hidden_state(tmp_path, kind, via):
     hf, path = _tiny_ssl(tmp_path, kind)
-    teacher = build_teacher(TeacherConfig(kind="hf", path=str(path), layer=1))
+    teacher = build_teacher(TeacherConfig(kind="hf" if via == "hf" else kind, path=str(path), layer=1))
+    assert isinstance(teacher, ExtractorTeacher) and teacher.spec.kind == kind and teacher.spec.layer == 1
     assert teacher.dim == 32 and teacher.frame_rate == 50.0
+    assert teacher.start_seconds == pytest.approx(200 / 16000 - 0.5 / 50)  # frame 0 centred at 12.5 ms
     torch.manual_seed(1)
     wav = torch.randn(1, 1, 8000) * 0.1
     got = teacher(wav, torch.tensor([8000]), 16000)
@@ -116,6 +122,10 @@ def test_ssl_teacher_equals_transformers_hidden_state(tmp_path, kind):
     assert got.features.shape == ref.shape
     assert torch.allclose(got.features, ref, atol=1e-4), (got.features - ref).abs().max()
     assert int(got.lengths[0]) == ref.shape[1]
+    assert torch.allclose(got.start, torch.full((1,), teacher.start_seconds, dtype=torch.float64))
+    # layer None = the last block
+    last = build_teacher(TeacherConfig(kind=kind, path=str(path)))
+    assert last.spec.layer == hf.config.num_hidden_layers
 
 
 def test_fairseq_checkpoints_need_trust_pickle(tmp_path):
@@ -127,47 +137,134 @@ def test_fairseq_checkpoints_need_trust_pickle(tmp_path):
         build_teacher(TeacherConfig(kind="hf", path=str(tmp_path)))
     with pytest.raises(ValueError, match="valid kinds"):
         build_teacher(TeacherConfig(kind="hubert-xl", path=str(tmp_path)))
+    with pytest.raises(FeatureError, match="need a source"):
+        build_teacher(TeacherConfig(kind="wavlm"))
+
+
+def test_teacher_kinds_are_the_extractor_kinds_plus_four():
+    assert set(TEACHER_KINDS) == set(EXTRACTORS) | {"hf", "fairseq", "cached", "random"}
+
+
+# ---------------------------------------------------------------------------- alignment of extractor teachers
+class _BoxExtractor:
+    """Frames of ``win`` samples every ``hop``; each feature is the mean of its window's samples."""
+
+    sample_rate = 16000
+
+    def __init__(self, win: int, hop: int):
+        self.win, self.hop = win, hop
+        self.frame_offset_s = win / 2 / self.sample_rate
+        self.spec = FeatureSpec(kind="box", layer=-1, frame_rate=self.sample_rate / hop, dim=1,
+                                sample_rate=self.sample_rate, checkpoint_hash="none")
+
+    def num_frames(self, n: int) -> int:
+        return 0 if n < self.win else 1 + (n - self.win) // self.hop
+
+    def extract(self, wav, lengths=None) -> Features:
+        x = wav.mean(dim=1)
+        lengths = torch.full((x.shape[0],), x.shape[-1]) if lengths is None else lengths
+        frames = x.unfold(-1, self.win, self.hop).mean(-1)[..., None]  # [B, T, 1]
+        n = torch.tensor([self.num_frames(int(v)) for v in lengths])
+        return Features(frames, n, self.spec)
+
+    def describe(self) -> dict:
+        return {"type": "box", "config": {"win": self.win, "hop": self.hop}}
+
+    def weights(self) -> dict:
+        return {}
+
+
+@pytest.mark.parametrize("win, hop", [(400, 320), (400, 160), (1024, 256)])
+@pytest.mark.parametrize("sample_rate", [16000, 24000])
+def test_extractor_teacher_frames_land_at_their_times(win, hop, sample_rate):
+    """On a ramp (sample value = its time in s) a box extractor's frame j reads the centre time of
+    its window; aligned onto a token grid it must read each token's centre time."""
+    teacher = ExtractorTeacher(_BoxExtractor(win, hop))
+    assert teacher.start_seconds == pytest.approx(win / 2 / 16000 - 0.5 * hop / 16000)
+    S = sample_rate  # 1 s
+    ramp = ((torch.arange(S, dtype=torch.float64) + 0.5) / sample_rate).float()[None, None]
+    tf = teacher(ramp, torch.tensor([S]), sample_rate)
+    token_rate = 12.5
+    aligned, valid = align_features(tf, int(token_rate), token_rate)
+    centres = (torch.arange(int(token_rate)) + 0.5) / token_rate
+    inner = valid[0] & (centres > 0.1) & (centres < 0.9)  # away from the resampler's edges
+    assert inner.sum() >= 8
+    tol = dict(atol=2e-4, rtol=1e-3)  # rtol: torchaudio's resampler has a DC gain just under 1
+    assert torch.allclose(aligned[0, inner, 0], centres[inner], **tol), aligned[0, :, 0] - centres
+    # a teacher that ignored frame_offset_s would be win / 2 off
+    wrong = TeacherFeatures(tf.features, tf.frame_rate, tf.start - win / 2 / 16000, tf.lengths)
+    off, _ = align_features(wrong, int(token_rate), token_rate)
+    assert not torch.allclose(off[0, inner, 0], centres[inner], **tol)
+
+
+def test_extractor_teacher_needs_a_feature_extractor():
+    with pytest.raises(TypeError, match="FeatureExtractor"):
+        ExtractorTeacher(ProjectionTeacher())
+
+
+def test_mfcc_teacher_through_build_teacher():
+    teacher = build_teacher(TeacherConfig(kind="mfcc"))
+    assert teacher.frame_rate == 100.0 and teacher.dim == 39
+    assert teacher.start_seconds == pytest.approx(200 / 16000 - 0.5 / 100)
+    wav = torch.randn(2, 1, 8000, generator=torch.Generator().manual_seed(0)) * 0.1
+    a = teacher(wav, torch.tensor([8000, 4000]), 8000)  # resampled to 16 kHz
+    assert a.lengths.tolist() == [1 + (16000 - 400) // 160, 1 + (8000 - 400) // 160]
+    assert teacher.describe()["extractor"]["type"] == "mfcc"
 
 
 # ---------------------------------------------------------------------------- Whisper
-def test_whisper_teacher_equals_reference_encoder(tmp_path):
+def _needs_torch_whisper():
+    try:
+        extractor_class("whisper")
+    except (FeatureError, ImportError) as e:
+        pytest.skip(f"needs the PyTorch Whisper extractor (Whisper merge): {e}")
+
+
+def _tiny_whisper(tmp_path):
     transformers = pytest.importorskip("transformers")
-    ctranslate2 = pytest.importorskip("ctranslate2")
-    pytest.importorskip("faster_whisper")
-    from faster_whisper.feature_extractor import FeatureExtractor
-
-    from speechtok.codec.teachers.whisper import WhisperTeacher
-
     cfg = transformers.WhisperConfig(
         vocab_size=64, num_mel_bins=80, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, d_model=16, encoder_ffn_dim=32, decoder_ffn_dim=32, max_source_positions=1500,
+        decoder_attention_heads=2, d_model=16, encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=1500,
         max_target_positions=16, decoder_start_token_id=1, pad_token_id=0, bos_token_id=1, eos_token_id=2,
         suppress_tokens=[], begin_suppress_tokens=[])
     torch.manual_seed(0)
     hf = transformers.WhisperForConditionalGeneration(cfg).eval()
     hf.save_pretrained(tmp_path / "hf")
-    ctranslate2.converters.TransformersConverter(str(tmp_path / "hf")).convert(str(tmp_path / "ct2"), force=True)
-    teacher = WhisperTeacher(str(tmp_path / "ct2"), threads=1)
-    assert teacher.dim == 16
+    return hf, tmp_path / "hf"
+
+
+@pytest.mark.parametrize("kind", ["whisper", "hf"])
+def test_whisper_teacher_is_the_whisper_extractor(tmp_path, kind):
+    _needs_torch_whisper()
+    transformers = pytest.importorskip("transformers")
+    hf, path = _tiny_whisper(tmp_path)
+    teacher = build_teacher(TeacherConfig(kind=kind, path=str(path)))
+    assert isinstance(teacher, ExtractorTeacher) and teacher.spec.kind == "whisper"
+    assert teacher.dim == 16 and teacher.frame_rate == 50.0
+    assert teacher.start_seconds == pytest.approx(teacher.extractor.frame_offset_s - 0.5 / 50)
     torch.manual_seed(1)
     wav = torch.randn(2, 1, 16000) * 0.1
     got = teacher(wav, torch.tensor([16000, 8000]), 16000)
     assert got.features.shape == (2, 50, 16) and got.lengths.tolist() == [50, 25]
-    mel = FeatureExtractor(feature_size=80)(np.pad(wav[0, 0].numpy(), (0, 16000 * 29)), padding=0)[:, :3000]
+    direct = teacher.extractor.extract(wav, torch.tensor([16000, 8000]))
+    torch.testing.assert_close(got.features, direct.feats)
+    # padded to Whisper's 30 s window (pad_to_window, the default): the reference encoder's states
+    fe = transformers.WhisperFeatureExtractor(feature_size=80)
+    mel = fe(wav[0, 0].numpy(), sampling_rate=16000, return_tensors="pt").input_features
     with torch.no_grad():
-        ref = hf.model.encoder(torch.from_numpy(mel)[None]).last_hidden_state[0, :50]
+        ref = hf.model.encoder(mel).last_hidden_state[0, :50]
     assert torch.allclose(got.features[0], ref, atol=1e-3), (got.features[0] - ref).abs().max()
     # resampled input gives the same frame grid
     at8k = teacher(wav[:, :, ::2], torch.tensor([8000, 4000]), 8000)
-    assert at8k.features.shape == (2, 50, 16)
-    # inputs over 30 s are encoded window by window
-    long = np.concatenate([np.tile(wav[0, 0].numpy(), 30), wav[1, 0, :8000].numpy()])
-    states = teacher.encode_waveform(long)
-    assert states.shape == (1525, 16)
-    first = teacher.encode_waveform(long[: 30 * 16000])
-    assert np.allclose(states[:1500], first, atol=1e-5)
-    tail = teacher.encode_waveform(long[30 * 16000:])
-    assert np.allclose(states[1500:], tail, atol=1e-5)
+    assert at8k.features.shape == (2, 50, 16) and at8k.lengths.tolist() == [50, 25]
+
+
+def test_whisper_name_is_resolved_by_build_teacher(tmp_path, monkeypatch):
+    _needs_torch_whisper()
+    _, path = _tiny_whisper(tmp_path)
+    monkeypatch.setenv("SPEECHTOK_WHISPER_BASE", str(path))  # whisper:base -> this directory
+    teacher = build_teacher(TeacherConfig(kind="whisper", path="whisper:base"))
+    assert teacher.dim == 16 and teacher.spec.kind == "whisper"
 
 
 # ---------------------------------------------------------------------------- cache

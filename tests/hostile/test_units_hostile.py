@@ -66,7 +66,7 @@ def evil_store(tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"model": _Payload(marker), "cfg": {}}, evil)
     # the payload works, and only the user's explicit opt-in runs it: the loader with trust_pickle=True
-    from speechtok.units.features.ssl import load_fairseq_ssl
+    from speechtok.units.features.ssl_import import load_fairseq_ssl
 
     with pytest.raises(Exception):  # the payload is no checkpoint; it has run by then
         load_fairseq_ssl(evil, layer=1, trust_pickle=True)

@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Protocol, runtime_checkable
-
-import torch
+from typing import TYPE_CHECKING, Optional, Protocol, runtime_checkable
 
 from speechtok.formats import MAX_SAMPLE_RATE, get_field, safe_text
+
+if TYPE_CHECKING:  # pragma: no cover - torch is imported where tensors are made (`import speechtok` stays light)
+    import torch
 
 LAYER_CONVENTION = "block-output-1based;0=pre-transformer (fairseq output_layer=L, HF hidden_states[L])"
 
@@ -29,6 +30,11 @@ MAX_LAYER = 1024
 
 class FeatureError(ValueError):
     """Bad input to, or a mismatch between, feature extractors and the artefacts built on them."""
+
+
+class MissingWeightsError(FeatureError):
+    """An extractor that needs weights was asked to restore without them (e.g. from a feature
+    store's ``extractor.json``, which never holds or locates weights)."""
 
 
 def check_keys(d: dict, known, path, what: str, error: type[Exception] = FeatureError) -> None:
@@ -116,6 +122,15 @@ class FeatureExtractor(Protocol):
     ``frame_offset_s + j / spec.frame_rate``), which is how a teacher aligns to a codec's frames.
     ``describe()`` (JSON) and ``weights()`` (tensors, empty for weightless extractors) are what a
     unit tokenizer directory stores; the registry's ``restore`` rebuilds the extractor from them.
+
+    Every extractor class (one entry of `speechtok.units.features.EXTRACTORS`) also has two
+    classmethods, which the registry calls:
+    ``load(source, *, layer=None, trust_pickle=False, device="cpu", **options)`` (``source``: a
+    checkpoint file/directory or None; ``layer`` per `LAYER_CONVENTION`, None = the model's
+    default; a class registered under several kinds also gets ``kind=``) and
+    ``restore(config, weights, path, device="cpu")`` (``config``: ``describe()["config"]``;
+    raises `MissingWeightsError` when it needs weights and ``weights`` is empty).
+    ``describe()`` is ``{"type": kind, "config": {...}, "checkpoint_hash": ...}``.
     """
 
     spec: FeatureSpec
@@ -142,8 +157,21 @@ class LayeredExtractor(FeatureExtractor, Protocol):
                        layers) -> dict: ...
 
 
+def check_layers(layers, num_layers: int) -> list[int]:
+    """``layers`` (ints in ``0..num_layers``, at least one) as a sorted list without repeats."""
+    layers = list(layers) if isinstance(layers, (list, tuple, set, range)) else [layers]
+    if not all(isinstance(L, int) and not isinstance(L, bool) for L in layers):
+        raise FeatureError(f"layers must be integers, got {safe_text(repr(layers), 60)}")
+    out = sorted(set(layers))
+    if not out or out[0] < 0 or out[-1] > num_layers:
+        raise FeatureError(f"layers {safe_text(out, 60)} must be 1 or more of 0..{num_layers} ({LAYER_CONVENTION})")
+    return out
+
+
 def check_audio(wav: torch.Tensor, lengths: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate ``[B, C, S]`` (or ``[C, S]``) audio; mix to mono. Returns (``[B, S]``, lengths ``[B]``)."""
+    import torch
+
     if wav.dim() == 2:
         wav = wav[None]
     if wav.dim() != 3:
@@ -161,6 +189,8 @@ def check_audio(wav: torch.Tensor, lengths: Optional[torch.Tensor]) -> tuple[tor
 
 def mask_features(feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Zero ``[B, T, D]`` features past ``lengths``."""
+    import torch
+
     T = feats.shape[1]
     mask = torch.arange(T, device=feats.device)[None, :] < lengths.to(feats.device)[:, None]
     return torch.where(mask[:, :, None], feats, torch.zeros((), dtype=feats.dtype, device=feats.device))
@@ -168,6 +198,8 @@ def mask_features(feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 def pad_stack(items: list[torch.Tensor], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack ``[T_i, D]`` tensors into ``[B, T_max, D]`` zero-padded, with lengths ``[B]``."""
+    import torch
+
     T = max((x.shape[0] for x in items), default=0)
     out = torch.zeros(len(items), T, dim, dtype=torch.float32)
     for i, x in enumerate(items):

@@ -4,7 +4,9 @@
 first and second deltas = 39 dims, as fairseq's ``examples/hubert/simple_kmeans/dump_mfcc_feature.py``.
 ``kind="logmel"``: Kaldi log-mel filterbank (``n_mels`` dims). Both at 100 Hz (25 ms window,
 10 ms shift, ``snip_edges``: ``T = 1 + (S - 400) // 160`` at 16 kHz, 0 when ``S < 400``).
-Each item is computed alone (cheap), so batched results equal per-item ones exactly.
+Each item is computed alone (cheap), so batched results equal per-item ones exactly. Frame ``j``
+covers samples ``[hop * j, hop * j + win)``, so it is centred at ``(hop * j + win / 2) / sample_rate``
+s (``frame_offset_s`` = 200/16000 s at 16 kHz).
 """
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ from speechtok.formats import MAX_SAMPLE_RATE, get_field
 
 from .base import Features, FeatureError, FeatureSpec, check_audio, check_keys, pad_stack
 
+MFCC_KINDS = ("mfcc", "logmel")
+# keyword options of `MFCCExtractor.load` (fields of `MFCCConfig` but ``kind``)
+MFCC_OPTIONS = ("sample_rate", "n_mels", "deltas")
+
 
 @dataclass(frozen=True)
 class MFCCConfig:
@@ -28,8 +34,8 @@ class MFCCConfig:
     deltas: bool = True
 
     def __post_init__(self):
-        if self.kind not in ("mfcc", "logmel"):
-            raise FeatureError(f"MFCCConfig.kind must be 'mfcc' or 'logmel', got {self.kind!r}")
+        if self.kind not in MFCC_KINDS:
+            raise FeatureError(f"MFCCConfig.kind must be one of {MFCC_KINDS}, got {self.kind!r}")
         if not 1000 <= self.sample_rate <= MAX_SAMPLE_RATE or not 1 <= self.n_mels <= 1024:
             raise FeatureError(f"MFCCConfig: sample_rate {self.sample_rate} outside [1000, {MAX_SAMPLE_RATE}] "
                                f"or n_mels {self.n_mels} outside [1, 1024]")
@@ -61,6 +67,30 @@ class MFCCExtractor:
         self.spec = FeatureSpec(kind=config.kind, layer=-1, frame_rate=config.sample_rate / self.hop, dim=dim,
                                 sample_rate=config.sample_rate, checkpoint_hash=config_sha256(asdict(config)),
                                 options=asdict(config))
+        self.frame_offset_s = self.win / 2 / config.sample_rate
+
+    @classmethod
+    def load(cls, source=None, *, layer: Optional[int] = None, trust_pickle: bool = False, device="cpu",
+             kind: str = "mfcc", **options) -> "MFCCExtractor":
+        """``kind`` "mfcc"/"logmel" with `MFCC_OPTIONS`; no source, no layer (weightless, CPU)."""
+        if source is not None or layer is not None:
+            got = f"source {str(source)!r}" if source is not None else f"layer {layer}"
+            raise FeatureError(f"{kind} features take no checkpoint (--checkpoint) and no layer (--layer); got {got}")
+        check_keys(options, MFCC_OPTIONS, kind, f"{kind} extractor option")
+        return cls(MFCCConfig(kind=kind, **options))
+
+    @classmethod
+    def restore(cls, config: dict, weights: dict, path, device="cpu") -> "MFCCExtractor":
+        """Inverse of `describe` (read from ``path``); weightless, so ``weights`` must be empty."""
+        if weights:
+            raise FeatureError(f"{path}: {len(weights)} extractor tensors saved for a weightless MFCC extractor")
+        return cls(MFCCConfig.from_dict(config, path))
+
+    def describe(self) -> dict:
+        return {"type": self.config.kind, "config": asdict(self.config), "checkpoint_hash": self.spec.checkpoint_hash}
+
+    def weights(self) -> dict:
+        return {}
 
     def num_frames(self, num_samples: int) -> int:
         return 0 if num_samples < self.win else 1 + (num_samples - self.win) // self.hop
@@ -90,7 +120,3 @@ class MFCCExtractor:
         items = [self._one(mono[b, : int(n)].cpu()) for b, n in enumerate(lengths)]
         feats, flen = pad_stack(items, self.spec.dim)
         return Features(feats=feats.to(mono.device), lengths=flen.to(mono.device), spec=self.spec)
-
-
-def build_mfcc_extractor(config: MFCCConfig) -> MFCCExtractor:
-    return MFCCExtractor(config)

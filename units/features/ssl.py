@@ -15,20 +15,26 @@ models (HuBERT/WavLM base) normalizes over time; its statistics are taken over e
 frames (a masked GroupNorm), and the transformer runs with an attention mask, so a padded batch
 equals per-item runs. Audio longer than ``window_s`` is cut into windows with
 ``context_s`` of extra audio on each side whose frames are dropped.
+
+Loading (`SSLExtractor.load`, what ``load_extractor("hubert", source)`` calls): the Hugging Face
+and fairseq importers live in `speechtok.units.features.ssl_import`. Timing: frame ``j`` is
+centred at ``(stride * j + receptive / 2) / sample_rate`` s (``frame_offset_s``; 200/16000 s for
+the 400-sample, stride-320 front end of HuBERT/WavLM/wav2vec2).
 """
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import torch
 
-from .base import Features, FeatureError, FeatureSpec, check_audio, mask_features
+from .base import (Features, FeatureError, FeatureSpec, MissingWeightsError, check_audio, check_keys, check_layers,
+                   mask_features)
 
 SSL_KINDS = ("hubert", "wavlm", "wav2vec2")
+# keyword options of `SSLExtractor.load` (fields of `SSLConfig`)
+SSL_OPTIONS = ("normalize_audio", "window_s", "context_s")
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class SSLConfig:
         def f(src, key, kind, what="SSL config", **kw):
             return get_field(src, key, kind, path, FeatureError, what, **kw)
 
+        check_keys(d, cls.__dataclass_fields__, path, "SSL config")
         arch = dict(f(d, "arch", dict))
         for key, (lo, hi) in _ARCH_BOUNDS.items():
             if key in arch:
@@ -122,32 +129,80 @@ def _build_model(config: SSLConfig):
 
 
 class SSLExtractor(torch.nn.Module):
-    """HuBERT/WavLM layer features: ``extract(wav [B, C, S] at 16 kHz, lengths) -> Features [B, T, D]``.
+    """HuBERT/WavLM/wav2vec2 layer features (a `LayeredExtractor`): ``extract(wav [B, C, S] at
+    16 kHz, lengths) -> Features [B, T, D]`` at ``config.layer``; ``extract_layers`` reads several.
 
     ``model`` is torchaudio's ``Wav2Vec2Model`` (names: ``feature_extractor`` = fairseq
     ``feature_extractor`` / HF ``feature_extractor``; ``encoder.transformer.layers`` = fairseq
-    ``encoder.layers`` / HF ``encoder.layers``). Only blocks up to ``layer`` are kept.
+    ``encoder.layers`` / HF ``encoder.layers``). Only blocks up to ``layer`` are kept, so
+    ``num_layers`` is ``max(layer, 1)``: load with ``layer=None`` (the last) to read every layer.
     """
 
     def __init__(self, config: SSLConfig, model: torch.nn.Module, checkpoint_hash: Optional[str] = None):
         super().__init__()
         self.config = config
         self.sample_rate = config.sample_rate
-        self.model = model.eval()
+        self.model = model.eval().requires_grad_(False)
         self.checkpoint_hash = checkpoint_hash or state_dict_sha256(model.state_dict())
         layers = self.model.encoder.transformer.layers
         del layers[max(config.layer, 1):]  # blocks past the read layer are never used
+        self.num_layers = len(layers)
         convs = config.arch["extractor_conv_layer_config"]
         self.hop = 1
         self.receptive = 1
         for _, k, s in convs:
             self.receptive += (k - 1) * self.hop
             self.hop *= s
+        self.frame_offset_s = self.receptive / 2 / config.sample_rate  # centre of frame 0's receptive field
         self.group_norm = config.arch.get("extractor_mode", "group_norm") == "group_norm"
         self.spec = FeatureSpec(kind=config.kind, layer=config.layer, frame_rate=config.sample_rate / self.hop,
                                 dim=int(config.arch["encoder_embed_dim"]), sample_rate=config.sample_rate,
                                 checkpoint_hash=self.checkpoint_hash,
                                 options={"normalize_audio": config.normalize_audio})
+
+    # ----------------------------------------------------------------- loading and saving
+    @classmethod
+    def load(cls, source, *, layer: Optional[int] = None, trust_pickle: bool = False, device="cpu",
+             kind: Optional[str] = None, **options) -> "SSLExtractor":
+        """A Hugging Face directory or a fairseq ``.pt`` (``trust_pickle`` only) at ``layer``
+        (`LAYER_CONVENTION`; None = the last). ``kind`` (hubert/wavlm/wav2vec2) is checked against
+        an HF directory's ``model_type``; ``options``: `SSL_OPTIONS`."""
+        from pathlib import Path
+
+        from .ssl_import import load_fairseq_ssl, load_hf_ssl
+
+        check_keys(options, SSL_OPTIONS, source, f"{kind or 'SSL'} extractor option")
+        if source is None:
+            raise FeatureError(f"{kind or 'SSL'} features need a source: a Hugging Face model directory "
+                               "or a fairseq .pt (with trust_pickle)")
+        path = Path(source)
+        if path.is_dir():
+            return load_hf_ssl(path, layer, kind=kind, **options).to(device)
+        if path.is_file():
+            return load_fairseq_ssl(path, layer, kind=kind or "hubert", trust_pickle=trust_pickle,
+                                    **options).to(device)
+        raise FeatureError(f"{path}: no such checkpoint file or directory")
+
+    @classmethod
+    def restore(cls, config: dict, weights: dict, path, device="cpu") -> "SSLExtractor":
+        """Inverse of `describe` + `weights` (read from ``path``); refused without weights."""
+        if not weights:
+            raise MissingWeightsError(f"{path}: an SSL extractor needs its weights (none were saved)")
+        config = dict(config)
+        h = config.pop("checkpoint_hash", None)
+        if h is not None and not isinstance(h, str):
+            raise FeatureError(f"{path}: SSL extractor 'checkpoint_hash' must be a string")
+        return build_ssl_extractor(SSLConfig.from_dict(config, path), weights, h).to(device)
+
+    def describe(self) -> dict:
+        """``{"type": kind, "config": SSLConfig + checkpoint_hash, "checkpoint_hash"}`` (the hash of
+        the full checkpoint: the saved weights hold only the blocks up to ``layer``)."""
+        return {"type": self.config.kind, "config": dict(self.config.to_dict(), checkpoint_hash=self.checkpoint_hash),
+                "checkpoint_hash": self.checkpoint_hash}
+
+    def weights(self) -> dict:
+        """torchaudio ``Wav2Vec2Model`` tensors (the kept blocks)."""
+        return dict(self.model.state_dict())
 
     def num_frames(self, num_samples: int) -> int:
         n = int(num_samples)
@@ -195,25 +250,30 @@ class SSLExtractor(torch.nn.Module):
         var = (((x - mean) * mask) ** 2).sum(1, keepdim=True) / n
         return (x - mean) / torch.sqrt(var + 1e-5) * mask
 
-    def _forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x [B, S]`` (zero-padded), ``lengths [B]`` -> (``[B, T, D]``, ``[B]``)."""
+    def _forward(self, x: torch.Tensor, lengths: torch.Tensor, layers: list[int]
+                 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+        """``x [B, S]`` (zero-padded), ``lengths [B]`` -> (``{layer: [B, T, D]}``, ``[B]``); the
+        blocks run up to the highest of ``layers`` only."""
         feats, flen = self._frontend(x, lengths)
         if feats.shape[1] == 0:
-            return feats.new_zeros(x.shape[0], 0, self.spec.dim), flen
+            return {L: feats.new_zeros(x.shape[0], 0, self.spec.dim) for L in layers}, flen
         h, mask = self.model.encoder._preprocess(feats, flen)
         tr = self.model.encoder.transformer
         out = tr._preprocess(h)
         pad = torch.arange(out.shape[1], device=out.device)[None, :] >= flen[:, None]  # True at padding
+        got = {0: mask_features(out, flen)} if 0 in layers else {}
         bias = None
-        for block in tr.layers[: self.config.layer]:
+        for i, block in enumerate(tr.layers[: max(layers)], start=1):
             if self.config.kind == "wavlm":  # torchaudio's WavLM attention takes a key padding mask only
                 out, bias = block(out, position_bias=bias, key_padding_mask=pad if bool(pad.any()) else None)
             else:
                 out, bias = block(out, attention_mask=mask, position_bias=bias)
-        return mask_features(out, flen), flen
+            if i in layers:
+                got[i] = mask_features(out, flen)
+        return got, flen
 
-    def _windowed(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        """One long item ``x [S]`` -> ``[T, D]``: windows with context, run as one batch."""
+    def _windowed(self, x: torch.Tensor, n: int, layers: list[int]) -> dict[int, torch.Tensor]:
+        """One long item ``x [S]`` -> ``{layer: [T, D]}``: windows with context, run as one batch."""
         hop = self.hop
         total = self.num_frames(n)
         win_f = max(1, int(self.config.window_s * self.sample_rate) // hop)
@@ -229,26 +289,37 @@ class SSLExtractor(torch.nn.Module):
         batch = torch.zeros(len(chunks), int(lens.max()), device=x.device)
         for i, c in enumerate(chunks):
             batch[i, : c.shape[0]] = c
-        out, _ = self._forward(batch, lens)
-        return torch.cat([out[i, s: s + m] for i, (s, m) in enumerate(keep)], dim=0)
+        out, _ = self._forward(batch, lens, layers)
+        return {L: torch.cat([o[i, s: s + m] for i, (s, m) in enumerate(keep)], dim=0) for L, o in out.items()}
 
     @torch.inference_mode()
-    def extract(self, wav: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> Features:
-        """Audio ``[B, C, S]`` at 16 kHz (zero-padded) + ``lengths [B]`` -> `Features` ``[B, T, D]``."""
+    def extract_layers(self, wav: torch.Tensor, lengths: Optional[torch.Tensor], layers) -> dict:
+        """Audio ``[B, C, S]`` at 16 kHz + ``lengths [B]`` -> ``{layer: Features}`` for each of
+        ``layers`` (0..``num_layers``), from one forward pass stopping after the highest."""
+        layers = check_layers(layers, self.num_layers)
         mono, lengths = check_audio(wav.to(self.device), lengths)
         if self.config.normalize_audio:  # over the whole item, before any windowing
             mono = self._normalize(mono, lengths)
+        specs = {L: replace(self.spec, layer=L) for L in layers}
         max_len = int(self.config.window_s * self.sample_rate)
         if mono.shape[0] == 0 or int(lengths.max()) <= max_len:
-            feats, flen = self._forward(mono, lengths)
-            return Features(feats=feats, lengths=flen, spec=self.spec)
-        items = [self._windowed(mono[b], int(n)) if int(n) > max_len else
-                 self._forward(mono[b:b + 1, : int(n)], lengths[b:b + 1])[0][0] for b, n in enumerate(lengths)]
-        flen = torch.tensor([it.shape[0] for it in items], dtype=torch.long, device=mono.device)
-        feats = mono.new_zeros(len(items), int(flen.max()), self.spec.dim)
-        for b, it in enumerate(items):
-            feats[b, : it.shape[0]] = it
-        return Features(feats=feats, lengths=flen, spec=self.spec)
+            out, flen = self._forward(mono, lengths, layers)
+            return {L: Features(feats=out[L], lengths=flen, spec=specs[L]) for L in layers}
+        items = [self._windowed(mono[b], int(n), layers) if int(n) > max_len else
+                 {L: f[0] for L, f in self._forward(mono[b:b + 1, : int(n)], lengths[b:b + 1], layers)[0].items()}
+                 for b, n in enumerate(lengths)]
+        flen = torch.tensor([it[layers[0]].shape[0] for it in items], dtype=torch.long, device=mono.device)
+        result = {}
+        for L in layers:
+            feats = mono.new_zeros(len(items), int(flen.max()), self.spec.dim)
+            for b, it in enumerate(items):
+                feats[b, : it[L].shape[0]] = it[L]
+            result[L] = Features(feats=feats, lengths=flen, spec=specs[L])
+        return result
+
+    def extract(self, wav: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> Features:
+        """Audio ``[B, C, S]`` at 16 kHz (zero-padded) + ``lengths [B]`` -> `Features` ``[B, T, D]``."""
+        return self.extract_layers(wav, lengths, [self.config.layer])[self.config.layer]
 
     @property
     def device(self) -> torch.device:
@@ -280,110 +351,3 @@ def build_ssl_extractor(config: SSLConfig, state_dict: Optional[dict] = None,
             checkpoint_hash = state_dict_sha256(state_dict)
         model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
     return SSLExtractor(config, model, checkpoint_hash)
-
-
-# --------------------------------------------------------------------------- importers
-def load_hf_ssl(directory, layer: int, **options) -> SSLExtractor:
-    """A Hugging Face HubertModel/WavLMModel/Wav2Vec2Model directory -> `SSLExtractor` at ``layer``.
-
-    Needs ``transformers`` (``pip install 'speechtok[ssl]'``); safetensors
-    weights need no pickle.
-    """
-    directory = Path(directory)
-    cfg_path = directory / "config.json"
-    if not cfg_path.is_file():
-        raise FeatureError(f"{directory}: not a Hugging Face model directory (no config.json)")
-    model_type = json.loads(cfg_path.read_text()).get("model_type")
-    kind = {"hubert": "hubert", "wavlm": "wavlm", "wav2vec2": "wav2vec2"}.get(model_type)
-    if kind is None:
-        raise FeatureError(f"{cfg_path}: model_type {model_type!r} is not hubert/wavlm/wav2vec2")
-    try:
-        import transformers
-    except ImportError as e:  # pragma: no cover
-        raise ImportError("loading Hugging Face SSL checkpoints needs `transformers` "
-                          "(pip install 'speechtok[ssl]')") from e
-    from torchaudio.models.wav2vec2.utils import import_huggingface_model
-    from torchaudio.models.wav2vec2.utils.import_huggingface import _get_config, _get_config_wavlm
-
-    hf = transformers.AutoModel.from_pretrained(str(directory), use_safetensors=None).eval()
-    arch = (_get_config_wavlm if kind == "wavlm" else _get_config)(hf.config)
-    do_norm = bool(getattr(hf.config, "do_stable_layer_norm", False))
-    pre = directory / "preprocessor_config.json"
-    if pre.is_file():
-        do_norm = bool(json.loads(pre.read_text()).get("do_normalize", do_norm))
-    import logging
-
-    logging.getLogger("torchaudio.models.wav2vec2.utils.import_huggingface").setLevel(logging.ERROR)
-    model = import_huggingface_model(hf)
-    config = SSLConfig(kind=kind, layer=layer, arch=arch, normalize_audio=options.pop("normalize_audio", do_norm),
-                       **options)
-    return SSLExtractor(config, model)
-
-
-_FAIRSEQ_ARCH = {  # fairseq model cfg name -> torchaudio kwarg
-    "encoder_embed_dim": "encoder_embed_dim", "encoder_layers": "encoder_num_layers",
-    "encoder_attention_heads": "encoder_num_heads", "encoder_ffn_embed_dim": "encoder_ff_interm_features",
-    "conv_pos": "encoder_pos_conv_kernel", "conv_pos_groups": "encoder_pos_conv_groups",
-    "layer_norm_first": "encoder_layer_norm_first", "conv_bias": "extractor_conv_bias",
-}
-
-
-def _conv_layers(spec: str) -> list[tuple[int, int, int]]:
-    """Parse fairseq's ``conv_feature_layers`` ("[(512,10,5)] + [(512,3,2)] * 4 + ...") without eval."""
-    import ast
-
-    def ev(node):
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
-            a, b = ev(node.left), ev(node.right)
-            return a + b if isinstance(node.op, ast.Add) else a * b
-        if isinstance(node, (ast.List, ast.Tuple)):
-            return [ev(e) for e in node.elts]
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-            return node.value
-        raise FeatureError(f"unsupported conv_feature_layers expression: {spec!r}")
-
-    return [tuple(int(v) for v in t) for t in ev(ast.parse(spec, mode="eval"))]
-
-
-def load_fairseq_ssl(path, layer: int, kind: str = "hubert", trust_pickle: bool = False, **options) -> SSLExtractor:
-    """A fairseq HuBERT/wav2vec2 ``.pt`` checkpoint -> `SSLExtractor` (no fairseq needed).
-
-    The file is a pickle: loading it can run arbitrary code, so it is refused unless
-    ``trust_pickle=True`` (``--trust-pickle``). Convert once and keep the safetensors result.
-    """
-    path = Path(path)
-    if not trust_pickle:
-        raise FeatureError(f"{path}: fairseq checkpoints are pickles and can run code when loaded; "
-                           "pass trust_pickle=True (--trust-pickle) if you trust this file")
-    from torchaudio.models.wav2vec2.utils.import_fairseq import _convert_state_dict
-
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-    cfg = ckpt.get("cfg") or {}
-    mcfg = dict(cfg["model"]) if "model" in cfg else vars(ckpt.get("args", object()))
-    task = dict(cfg["task"]) if "task" in cfg else {}
-    if not mcfg:
-        raise FeatureError(f"{path}: no model config (cfg.model or args) in the checkpoint")
-    arch = {v: mcfg[k] for k, v in _FAIRSEQ_ARCH.items() if k in mcfg}
-    arch.update(
-        extractor_mode="layer_norm" if mcfg.get("extractor_mode") == "layer_norm" else "group_norm",
-        extractor_conv_layer_config=_conv_layers(mcfg.get("conv_feature_layers",
-                                                          "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2")),
-        encoder_projection_dropout=0.0, encoder_attention_dropout=0.0, encoder_ff_interm_dropout=0.0,
-        encoder_dropout=0.0, encoder_layer_drop=0.0)
-    arch.setdefault("extractor_conv_bias", False)
-    for k, d in (("encoder_embed_dim", 768), ("encoder_num_layers", 12), ("encoder_num_heads", 12),
-                 ("encoder_ff_interm_features", 3072), ("encoder_pos_conv_kernel", 128),
-                 ("encoder_pos_conv_groups", 16), ("encoder_layer_norm_first", False)):
-        arch.setdefault(k, d)
-    if kind == "wavlm":
-        raise FeatureError(f"{path}: fairseq-format WavLM checkpoints are not supported; use the HF directory")
-    state = _convert_state_dict(ckpt["model"])
-    for old, new in (("weight_g", "parametrizations.weight.original0"), ("weight_v", "parametrizations.weight.original1")):
-        key = f"encoder.transformer.pos_conv_embed.conv.{old}"  # fairseq weight_norm -> torch parametrizations
-        if key in state:
-            state[key.replace(old, new)] = state.pop(key)
-    config = SSLConfig(kind=kind, layer=layer, arch=arch,
-                       normalize_audio=options.pop("normalize_audio", bool(task.get("normalize", False))), **options)
-    return build_ssl_extractor(config, state)
