@@ -73,6 +73,22 @@ def _check_model_out(out: str, inputs: dict, hint: str = "OUT") -> None:
                                  param_hint=hint)
 
 
+def _parse_options(items) -> dict:
+    """``KEY=VALUE`` strings -> a dict; VALUE read as JSON (true, 3, 0.5, "x") or else kept as text."""
+    import json
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--option")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
 _DEVICE = click.option("--device", default="cpu", show_default=True, callback=_device)
 
 
@@ -86,8 +102,11 @@ def units():
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--kind", type=click.Choice(list(EXTRACTORS)), default="mfcc", show_default=True,
               help="feature extractor (speechtok.units.features.EXTRACTORS)")
-@click.option("--checkpoint", default=None, type=click.Path(exists=True),
-              help="HF directory / fairseq .pt (hubert, wavlm, wav2vec2); Whisper weights (whisper)")
+@click.option("--checkpoint", default=None,
+              help="HF directory / fairseq .pt (hubert, wavlm, wav2vec2); whisper: CTranslate2 / HF "
+                   "directory, OpenAI .pt, or whisper:NAME (tiny.en, base: the installed weights)")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="extractor option (repeatable), e.g. pad_to_window=false (whisper), normalize_audio=true")
 @click.option("--layer", type=click.IntRange(0, 1024), default=None,
               help="transformer block L (1-based; 0 = pre-transformer)")
 @click.option("--trust-pickle", is_flag=True, help="allow loading a fairseq .pt pickle (can run code)")
@@ -96,7 +115,7 @@ def units():
               help="padded audio per batch (default: 120 on GPU, one file per call on CPU)")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
 @_friendly
-def features_cmd(source, out_dir, kind, checkpoint, layer, trust_pickle, device, batch_seconds, dtype):
+def features_cmd(source, out_dir, kind, checkpoint, layer, trust_pickle, options, device, batch_seconds, dtype):
     """Extract features of SOURCE (dir, list or manifest) into a sharded store OUT_DIR (with the
     extractor.json that `train-kmeans` reads)."""
     from speechtok.units.api import extract_to_store
@@ -104,7 +123,10 @@ def features_cmd(source, out_dir, kind, checkpoint, layer, trust_pickle, device,
 
     if _same(source, out_dir):
         raise click.BadParameter(f"{out_dir} is the input; pick another output", param_hint="OUT_DIR")
-    ext = load_extractor(kind, checkpoint, layer=layer, trust_pickle=trust_pickle, device=device)
+    if checkpoint is not None and not checkpoint.startswith("whisper:") and not os.path.exists(checkpoint):
+        raise click.BadParameter(f"{checkpoint}: no such file or directory", param_hint="--checkpoint")
+    ext = load_extractor(kind, checkpoint, layer=layer, trust_pickle=trust_pickle, device=device,
+                         **_parse_options(options))
     store = extract_to_store(source, ext, out_dir, batch_seconds=batch_seconds, dtype=dtype, progress=True)
     click.echo(f"{out_dir}: {len(store)} utterances, {store.num_rows} frames of {store.dim}-d "
                f"{store.spec.kind} features at {store.spec.frame_rate:g} Hz")
@@ -123,8 +145,9 @@ def features_cmd(source, out_dir, kind, checkpoint, layer, trust_pickle, device,
               help="segments per second")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--centroids-only", is_flag=True, help="write only the k-means .safetensors file to OUT")
-@click.option("--checkpoint", default=None, type=click.Path(exists=True),
-              help="hubert/wavlm/whisper stores: the checkpoint the features were made with (checked)")
+@click.option("--checkpoint", default=None,
+              help="hubert/wavlm/whisper stores: the checkpoint the features were made with (checked; "
+                   "whisper:NAME for the installed Whisper weights)")
 @click.option("--trust-pickle", is_flag=True, help="allow loading a fairseq .pt --checkpoint (can run code)")
 @click.option("--name", default=None, help="model name in model_id (default: OUT's directory name)")
 @_DEVICE
@@ -147,6 +170,8 @@ def train_kmeans_cmd(features_dir, out, n_clusters, backend, sample_rows, dedup,
         _check_model_out(out, {"FEATURES_DIR": features_dir, "--checkpoint": checkpoint})
         name = check_name(name, "--name") if name is not None else \
             sanitize_name(Path(os.path.abspath(out)).name, fallback="units-user")
+    if checkpoint is not None and not checkpoint.startswith("whisper:") and not os.path.exists(checkpoint):
+        raise click.BadParameter(f"{checkpoint}: no such file or directory", param_hint="--checkpoint")
     store = FeatureStore(features_dir)
     seg = SegmenterConfig(syllables, target_rate) if syllables else None
     cfg = KMeansConfig(n_clusters=n_clusters, backend=backend, sample_rows=sample_rows, seed=seed)

@@ -131,13 +131,15 @@ def extractor_for_store(store: FeatureStore, checkpoint: Optional[str] = None, t
     """Rebuild the extractor that made ``store``'s features, checked against the store's spec.
 
     Weightless extractors (MFCC) are restored from the store's description; the others are
-    loaded from the caller's ``checkpoint`` with the store's kind and layer and their default
-    options (``trust_pickle`` only from the caller): a store never names a file to load. A store
-    made with other options (``spec.options``, e.g. ``normalize_audio``) is refused, naming them:
+    rebuilt from the store's description (its options, e.g. Whisper's ``pad_to_window``) over the
+    weights of the caller's ``checkpoint`` (``trust_pickle`` only from the caller), which must be the
+    weights the features were made with: a store never names a file to load. A store without a
+    description whose spec options differ from the checkpoint's defaults is refused, naming them:
     build that extractor with `load_extractor` and pass it to `train_unit_tokenizer`.
     """
     spec = store.spec
     desc, path = _stored_description(store)
+    stored = desc is not None
     if desc is None:  # no (or a pre-format) extractor.json: the spec's options are a weightless config
         desc, path = {"type": spec.kind, "config": spec.options}, store.dir / "index.json"
     if checkpoint is None:
@@ -150,6 +152,8 @@ def extractor_for_store(store: FeatureStore, checkpoint: Optional[str] = None, t
     else:
         ext = load_extractor(spec.kind, checkpoint, layer=spec.layer if spec.layer >= 0 else None,
                              trust_pickle=trust_pickle, device=device)
+        if stored:  # the store's own config (its options) over the checkpoint's weights, checked by restore
+            ext = restore_extractor(desc, ext.weights(), device=device, path=path)
     ext.spec.check_compatible(spec, what=f"feature store {store.dir}")
     if ext.spec.options != spec.options:
         diff = sorted(k for k in set(spec.options) | set(ext.spec.options)

@@ -47,12 +47,12 @@ WHISPER_PREFIX = "whisper:"
 
 def teacher_source(path: Optional[str]) -> Optional[str]:
     """``whisper:NAME`` -> the directory of the installed Whisper weights
-    (`speechtok.benchmarks.asr.whisper_model_dir`; raises FileNotFoundError); other paths unchanged."""
+    (`speechtok.units.whisper.load.resolve_source`; raises FileNotFoundError); other paths unchanged."""
     if path is None or not path.startswith(WHISPER_PREFIX):
         return path
-    from speechtok.benchmarks.asr import whisper_model_dir
+    from speechtok.units.whisper.load import resolve_source
 
-    return whisper_model_dir(path[len(WHISPER_PREFIX):])
+    return resolve_source(path)
 
 
 def build_teacher(cfg: "TeacherConfig", device="cpu") -> Teacher:

@@ -419,10 +419,15 @@ def test_store_extractor_is_rebuilt_from_the_users_checkpoint(hf_dirs, tmp_path)
         extractor_for_store(store)
     again = extractor_for_store(store, d)
     assert again.spec == ext.spec
-    # a store made with non-default options is refused, naming them
-    other = extract_to_store(str(tmp_path), load_extractor("hubert", d, layer=2, normalize_audio=True),
-                             tmp_path / "fs2")
-    with pytest.raises(FeatureError, match="normalize_audio"):
-        extractor_for_store(other, d)
+    # a store made with non-default options is rebuilt with them (the store's config, the checkpoint's weights)
+    normed = load_extractor("hubert", d, layer=2, normalize_audio=True)
+    other = extract_to_store(str(tmp_path), normed, tmp_path / "fs2")
+    rebuilt = extractor_for_store(other, d)
+    assert rebuilt.spec == other.spec and rebuilt.config.normalize_audio
+    wav = torch.randn(1, 1, 4000)
+    assert torch.equal(rebuilt.extract(wav).feats, normed.extract(wav).feats)
+    # other weights than the features were made with are refused
+    with pytest.raises(FeatureError):
+        extractor_for_store(other, str(hf_dirs[("hubert", True)][0]))
     mfcc = extract_to_store(str(tmp_path), load_extractor("logmel", n_mels=20), tmp_path / "fs3")
     assert extractor_for_store(mfcc).spec == mfcc.spec

