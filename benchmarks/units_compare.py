@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .phone_metrics import abx_error, frame_labels, pnmi_purity, read_phones, speech_mask, triphone_items
+from .units_layers import read_rows
 
 
 def miller_madow_pnmi(phones: np.ndarray, units: np.ndarray) -> float:
@@ -54,19 +55,6 @@ def miller_madow_pnmi(phones: np.ndarray, units: np.ndarray) -> float:
 def entropy_bits(counts: Counter) -> float:
     tot = sum(counts.values())
     return -sum(c / tot * math.log2(c / tot) for c in counts.values() if c) if tot else 0.0
-
-
-def read_rows(path) -> list[dict]:
-    base = Path(path).resolve().parent
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            r["audio"] = str(base / r["audio"])
-            if r.get("phones"):
-                r["phones"] = str(base / r["phones"])
-            rows.append(r)
-    return rows
 
 
 def frame_units(tok, rows, max_seconds: float) -> list:
@@ -200,7 +188,7 @@ def main(argv=None) -> None:
                 return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f.format(v * scale)
 
             lines.append(f"| {label} | {k} | {r['frame_rate']:g} | {g('pnmi')} | {g('pnmi_mm')} | "
-                         f"{g('phone_purity')} | {g('cluster_purity')} | {g('units_used', '{}')} | "
+                         f"{g('phone_purity')} | {g('cluster_purity')} | {g('units_used', '{:.0f}')} | "
                          f"{g('abx_within', '{:.1f}', 100)} | {g('abx_across', '{:.1f}', 100)} | "
                          f"{g('dedup_tokens_s', '{:.1f}')} | {g('dedup_nominal_bps', '{:.0f}')} | "
                          f"{g('dedup_entropy_bps', '{:.0f}')} | {g('duration_entropy_bps', '{:.0f}')} |")

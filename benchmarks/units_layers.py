@@ -1,7 +1,7 @@
 """Phone information per feature layer: PNMI / purities of k-means units and triphone ABX of the features.
 
     python -m speechtok.benchmarks.units_layers --manifest /work/shared/data/real/manifest.jsonl \\
-        --manifest /work/shared/data/tts/manifest.jsonl --dev-split benchmarks/splits/units_dev.jsonl \\
+        --manifest /work/shared/data/tts/manifest.jsonl --dev-split benchmarks/splits/dev_real.jsonl \\
         --extractor mfcc --extractor whisper:tiny.en --extractor whisper:base --layers all --k 100 \\
         --max-train 300 --max-dev 200 --out benchmarks/results/units_layers.md
 
