@@ -215,10 +215,11 @@ def info(files, as_json):
 @main.command()
 def models():
     """List the built-in models (the default first)."""
-    from speechtok.registry import DEFAULT_MODEL, models as builtins
+    from speechtok.registry import DEFAULT_MODEL, DEFAULT_UNITS_MODEL, UNITS_ALIAS, models as builtins
 
     for m in builtins():
-        flag = " (default)" if m.name == DEFAULT_MODEL else ""
+        flag = " (default)" if m.name == DEFAULT_MODEL else f" (units default: {UNITS_ALIAS!r})" \
+            if m.name == DEFAULT_UNITS_MODEL else ""
         click.echo(f"{m.name}{flag}\t{m.description}")
 
 

@@ -6,9 +6,9 @@ import torch
 import speechtok
 from speechtok.audio import load_audio
 from speechtok.benchmarks.metrics import mel_distance
-from speechtok.registry import BUILTINS, DEFAULT_MODEL
+from speechtok.registry import BUILTINS, DEFAULT_MODEL, DEFAULT_UNITS_MODEL
 
-TRAINED = ["speechtok-16k-50hz", "units-mfcc500-16k"]
+TRAINED = ["speechtok-16k-50hz", "units-mfcc500-16k", "units-whisper-tiny-l3-km500"]
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +74,21 @@ def test_main_job_without_model_uses_the_default(tmp_path):
     wav, sr = load_audio(tmp_path / "s.wav")
     ref, ref_sr = load_audio(sample)
     assert sr == 16000 and abs(wav.shape[-1] / sr - ref.shape[-1] / ref_sr) < 0.02
+
+
+def test_units_default_is_the_whisper_units_and_needs_no_weights_outside_its_directory(speech, monkeypatch):
+    """`load("units")` is the built-in Whisper units; its encoder ships in its directory: with the
+    installed Whisper weights made unfindable it still encodes, through the PyTorch Whisper."""
+    import speechtok.benchmarks.asr as asr
+
+    def nowhere(name="base", cache=None):
+        raise asr.WhisperModelNotFound(f"whisper:{name} hidden by the test")
+
+    monkeypatch.setattr(asr, "whisper_model_dir", nowhere)
+    tok = speechtok.load("units")
+    assert DEFAULT_UNITS_MODEL == "units-whisper-tiny-l3-km500" == tok.model_id.split("@")[0]
+    spec = tok.spec
+    assert (spec.kind, spec.layer, spec.frame_rate, tok.units_codebook_sizes) == ("whisper", 3, 50.0, (500,))
+    assert spec.options["pad_to_window"] is False
+    codes = tok.encode(speech[None], sample_rate=16000)
+    assert codes.codebook_sizes == (500,) and codes.num_frames == -(-speech.shape[-1] // 320)

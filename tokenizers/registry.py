@@ -64,9 +64,16 @@ BUILTINS: dict[str, BuiltinModel] = {
                                            "reference tokenizer, one codebook of 256 (no neural codec)"),
     "units-mfcc500-16k": BuiltinModel("units-mfcc500-16k", "MFCC k-means units (K=500, 100 Hz, 0.9 kbit/s) "
                                                            "with a unit vocoder; needs no pretrained weights"),
+    "units-whisper-tiny-l3-km500": BuiltinModel(
+        "units-whisper-tiny-l3-km500", "Whisper tiny.en layer-3 k-means units (K=500, 50 Hz, 0.45 kbit/s; "
+                                       "~0.26 kbit/s deduped) with a unit vocoder; the encoder ships inside"),
 }
 # The default: the codec trained by the codec-training issue (model card in its directory).
 DEFAULT_MODEL: Optional[str] = "speechtok-16k-50hz"
+# The units default (`load("units")`): the built-in units with the most phone information on
+# held-out real speech (benchmarks/results/units_whisper/).
+UNITS_ALIAS = "units"
+DEFAULT_UNITS_MODEL: str = "units-whisper-tiny-l3-km500"
 
 
 def register_loader(kind: str, target: str) -> None:
@@ -123,7 +130,8 @@ def load(name_or_path: Optional[Union[str, os.PathLike]] = None, device: str = "
     """Load a tokenizer from a built-in name or a model directory.
 
     Args:
-        name_or_path: a name from `models()` (default: `DEFAULT_MODEL`), a directory with
+        name_or_path: a name from `models()` (default: `DEFAULT_MODEL`; ``"units"``:
+            `DEFAULT_UNITS_MODEL`), a directory with
             ``config.json`` (+ ``model.safetensors``), including Hugging Face Mimi directories, or
             kyutai moshi's Mimi weights file (``tokenizer-e351c8d8-checkpoint125.safetensors``).
         device: torch device for the model.
@@ -137,6 +145,8 @@ def load(name_or_path: Optional[Union[str, os.PathLike]] = None, device: str = "
                                  f"built-ins: {sorted(BUILTINS)}, or a model directory")
         name_or_path = DEFAULT_MODEL
     key = str(name_or_path)
+    if key == UNITS_ALIAS:
+        key = DEFAULT_UNITS_MODEL
     if key in BUILTINS:
         directory = BUILTINS[key].path
     else:
