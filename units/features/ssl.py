@@ -23,6 +23,7 @@ the 400-sample, stride-320 front end of HuBERT/WavLM/wav2vec2).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Optional
@@ -194,8 +195,8 @@ class SSLExtractor(torch.nn.Module):
         if h is not None and not isinstance(h, str) or wh is not None and not isinstance(wh, str):
             raise FeatureError(f"{path}: SSL extractor 'checkpoint_hash' / 'weights_hash' must be strings")
         ext = build_ssl_extractor(SSLConfig.from_dict(config, path), weights, h)
-        if wh is not None and state_dict_sha256(ext.weights()) != wh:
-            raise FeatureError(f"{path}: SSL weights sha256 {state_dict_sha256(ext.weights())[:12]}... differs from "
+        if wh is not None and ext.weights_hash != wh:
+            raise FeatureError(f"{path}: SSL weights sha256 {ext.weights_hash[:12]}... differs from "
                                f"the config's {wh[:12]}... (other weights than these features were made with)")
         return ext.to(device)
 
@@ -204,8 +205,13 @@ class SSLExtractor(torch.nn.Module):
         the hash of the full checkpoint, and of the saved weights (only the blocks up to ``layer``),
         which `restore` checks."""
         return {"type": self.config.kind, "config": dict(self.config.to_dict(), checkpoint_hash=self.checkpoint_hash,
-                                                          weights_hash=state_dict_sha256(self.weights())),
+                                                          weights_hash=self.weights_hash),
                 "checkpoint_hash": self.checkpoint_hash}
+
+    @functools.cached_property
+    def weights_hash(self) -> str:
+        """`state_dict_sha256` of `weights` (the extractor is frozen: hashed once)."""
+        return state_dict_sha256(self.weights())
 
     def weights(self) -> dict:
         """torchaudio ``Wav2Vec2Model`` tensors (the kept blocks)."""
