@@ -1,0 +1,15 @@
+"""The downstream LM layer: `Codes` <-> LM token ids, and everything an LM trainer and sampler needs.
+
+    layout.py     `TokenLayout` (vocabulary and pattern; saved with the data it made), `LMTokens`, masks
+    sampling.py   constrained sampling (`LayoutState`, `allowed_next`, `LayoutLogitsProcessor` for
+                  ``transformers``' ``generate``) and `decode_lenient` for unfinished or corrupted samples
+    windows.py    fixed-length training windows cut on frame boundaries, with their masks
+"""
+from .layout import (IGNORE_INDEX, LAYOUT_FORMAT, LAYOUT_FORMAT_VERSION, SPECIALS, LayoutError, LMTokens,
+                     TokenLayout, flatten)
+from .sampling import LayoutLogitsProcessor, LayoutState, Repair, allowed_next, decode_lenient, logits_processor
+from .windows import LMWindows, make_windows, window_codes
+
+__all__ = ["IGNORE_INDEX", "LAYOUT_FORMAT", "LAYOUT_FORMAT_VERSION", "SPECIALS", "LayoutError", "LMTokens",
+           "TokenLayout", "flatten", "LayoutLogitsProcessor", "LayoutState", "Repair", "allowed_next",
+           "decode_lenient", "logits_processor", "LMWindows", "make_windows", "window_codes"]
