@@ -334,6 +334,18 @@ class ShardSet:
     def errors(self) -> list[dict]:
         return [e for n in self.shards for e in self.index(n)["errors"]]
 
+    def layout(self, **options):
+        """The `speechtok.lm.TokenLayout` for these shards' codes (their model and codebooks), with
+        ``options`` (pattern, flat, offset, add_bos, add_eos, codebooks) as in `TokenLayout.for_codes`."""
+        from .lm import TokenLayout
+
+        k = options.pop("codebooks", None)
+        sizes = self.codebook_sizes if k is None else self.codebook_sizes[:int(k)]
+        if k is not None and not 1 <= int(k) <= len(self.codebook_sizes):
+            raise ShardError(f"{self.directory}: codebooks={k}: the shards have {len(self.codebook_sizes)}")
+        return TokenLayout(codebook_sizes=sizes, model_id=self.model_id, frame_rate=self.frame_rate,
+                           sample_rate=self.sample_rate, n_semantic=min(self.n_semantic, len(sizes)), **options)
+
 
 class ShardDataset(torch.utils.data.IterableDataset):
     """Iterable over shard items for LM training; splits shards over DataLoader workers and ranks.

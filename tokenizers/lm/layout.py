@@ -282,7 +282,8 @@ class TokenLayout:
         if bad.any():
             b, k, t = (int(i) for i in bad.nonzero()[0])
             raise CodesError(f"token {int(grid[b, k, t])} at item {b}, frame {t} is not a code of codebook {k}")
-        return codes.masked_fill(~valid[:, None, :], -1), n
+        T_out = int(n.max()) if B else 0  # no all-padding frames beyond the longest item
+        return codes.masked_fill(~valid[:, None, :], -1)[..., :T_out], n
 
     def make_codes(self, codes: torch.Tensor, lengths: torch.Tensor, like: Optional[Codes] = None) -> Codes:
         """Wrap ``[B, K, T]`` codes as `Codes` with metadata from ``like`` or, without it, this layout."""
