@@ -4,12 +4,17 @@
     sampling.py   constrained sampling (`LayoutState`, `allowed_next`, `LayoutLogitsProcessor` for
                   ``transformers``' ``generate``) and `decode_lenient` for unfinished or corrupted samples
     windows.py    fixed-length training windows cut on frame boundaries, with their masks
+    words.py      word timestamps (manifest ``words``, Whisper via faster-whisper) and word -> token cuts
+    interleave.py word-level speech-text interleaving (SpiRit-LM / GLM-4-Voice) and its inverse `split`
 """
 from .layout import (IGNORE_INDEX, LAYOUT_FORMAT, LAYOUT_FORMAT_VERSION, SPECIALS, LayoutError, LMTokens,
                      TokenLayout, flatten)
 from .sampling import LayoutLogitsProcessor, LayoutState, Repair, allowed_next, decode_lenient, logits_processor
 from .windows import LMWindows, make_windows, window_codes
+from .words import WhisperWords, Word, WordsError, words_from_row
+from .interleave import InterleaveError, Interleaver, InterleaveSpec
 
 __all__ = ["IGNORE_INDEX", "LAYOUT_FORMAT", "LAYOUT_FORMAT_VERSION", "SPECIALS", "LayoutError", "LMTokens",
            "TokenLayout", "flatten", "LayoutLogitsProcessor", "LayoutState", "Repair", "allowed_next",
-           "decode_lenient", "logits_processor", "LMWindows", "make_windows", "window_codes"]
+           "decode_lenient", "logits_processor", "LMWindows", "make_windows", "window_codes",
+           "WhisperWords", "Word", "WordsError", "words_from_row", "InterleaveError", "Interleaver", "InterleaveSpec"]

@@ -37,7 +37,7 @@ from typing import Literal, Optional
 import torch
 
 from ..codes import Codes, CodesError
-from ..formats import check_format, get_field
+from ..formats import MAX_CODEBOOKS, check_format, get_field
 
 SPECIALS = ("pad", "bos", "eos", "hole")
 LAYOUT_FORMAT = "speechtok.layout"
@@ -152,7 +152,7 @@ class TokenLayout:
             return get_field(meta, key, kind, source, LayoutError, "token layout", **kw)
 
         sizes = field("codebook_sizes", list)
-        if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 1 << 24 for s in sizes):
+        if not sizes or len(sizes) > MAX_CODEBOOKS or not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 1 << 24 for s in sizes):
             raise LayoutError(f"{source}: token layout codebook_sizes must be positive ints, got {sizes[:8]!r}")
         try:
             return cls(codebook_sizes=tuple(sizes), pattern=field("pattern", str, default="flatten"),
