@@ -18,6 +18,7 @@ LAZY_COMMANDS = {
     "preprocess": "speechtok.cli.preprocess:preprocess",
     "bench": "speechtok.cli.bench:bench",
     "train": "speechtok.cli.train:train",
+    "export": "speechtok.cli.export:export",
 }
 
 
