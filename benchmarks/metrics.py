@@ -3,12 +3,13 @@
 Audio arguments are float ``[S]`` or ``[C, S]`` tensors (channels are averaged) at ``sample_rate``
 Hz; ``reference`` is the original, ``estimate`` the resynthesis. The two are cut to the shorter
 length. Distances are 0 for identical signals; SI-SDR is in dB (higher is better); STOI is in
-[0, 1]; PESQ (wideband, ITU-T P.862.2) in [1.04, 4.64]; WER/CER are fractions (can exceed 1).
+[0, 1]; PESQ (wideband, ITU-T P.862.2) in [1.04, 4.64]; WER/CER are fractions (can exceed 1) after
+Whisper's English text normaliser. Model-based metrics (speaker similarity, DNSMOS, ViSQOL, F0) are in
+`quality`.
 """
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -127,16 +128,39 @@ def pesq_wb(reference: torch.Tensor, estimate: torch.Tensor, sample_rate: int) -
 
 
 # ------------------------------------------------------------------------------------------ text
-_DIGITS = "zero one two three four five six seven eight nine".split()
+_NORMALIZER = None
+
+
+def _whisper_normalizer():
+    """Whisper's English normaliser, built once: `whisper_normalizer` (a port of OpenAI's
+    ``whisper/normalizers``, shipping its British-to-American spelling table ``english.json``), else
+    the port in `transformers` with an empty spelling table (so "colours" stays "colours")."""
+    global _NORMALIZER
+    if _NORMALIZER is None:
+        try:
+            from whisper_normalizer.english import EnglishTextNormalizer
+
+            _NORMALIZER = EnglishTextNormalizer()
+        except ImportError:
+            try:
+                from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+            except ImportError as e:
+                raise ImportError("WER/CER use Whisper's English normaliser: pip install whisper-normalizer "
+                                  "or pip install 'speechtok[bench]'") from e
+            import warnings
+
+            warnings.warn("whisper-normalizer is not installed: Whisper's English normaliser runs without its "
+                          "spelling table (British spellings are not mapped)", stacklevel=3)
+            _NORMALIZER = EnglishTextNormalizer({})
+    return _NORMALIZER
 
 
 def normalize_text(text: str) -> str:
-    """Lowercase, spell single digits, drop punctuation, squeeze spaces (Whisper writes '7'
-    where a transcript says 'seven')."""
-    t = text.lower().replace("-", " ")
-    t = re.sub(r"\b(\d)\b", lambda m: _DIGITS[int(m.group(1))], t)
-    t = re.sub(r"[^\w\s']", " ", t).replace("'", "")
-    return " ".join(t.split())
+    """Whisper's English text normaliser (Radford et al. 2022, appendix C), the standard before
+    WER/CER: lowercase, brackets and fillers ("um", "hmm") removed, contractions and titles
+    expanded ("Mr." -> "mister"), spelled-out numbers to digits ("seven" -> "7"), British to
+    American spelling ("colours" -> "colors"), punctuation and diacritics removed, spaces squeezed."""
+    return _whisper_normalizer()(text)
 
 
 def _edits(ref: Sequence[str], hyp: Sequence[str]) -> int:
@@ -162,7 +186,7 @@ class ErrorRate:
 
 
 def word_errors(reference: str, hypothesis: str) -> ErrorRate:
-    """Word edit distance after `normalize_text`; sum `ErrorRate` s over a corpus."""
+    """Word edit distance after `normalize_text` (Whisper's English normaliser); sum `ErrorRate` s over a corpus."""
     r, h = normalize_text(reference).split(), normalize_text(hypothesis).split()
     return ErrorRate(_edits(r, h), len(r))
 
