@@ -97,12 +97,8 @@ def test_every_interleaved_sequence_is_accepted(tok, which):
     assert spans == {("text", False), ("text", True), ("speech", False), ("speech", True)}
 
 
-EMPTY_DELAY_BUG = pytest.mark.xfail(strict=True, reason="interleave.py encodes an empty delay span as the layout's "
-                                     "padding ([pad] * K), which split rejects too (use tokens[0, :lengths[0]])")
-
-
 @pytest.mark.parametrize("which,mode", [(0, "random"), (1, "random"), (1, "text"), (2, "text"),
-                                        pytest.param(2, "random", marks=EMPTY_DELAY_BUG)])
+                                        (2, "random")])
 def test_utterance_without_words_is_one_empty_span(tok, which, mode):
     it = interleaver(tok, which, mode=mode)
     out = it.interleave(make_codes(0, it.spec.layout.codebook_sizes), [])
@@ -334,3 +330,13 @@ def test_processor_masks_outside_the_vocabulary_and_rewalks_changed_rows(tok):
     masks([b[:n] + [3]])  # ... so this is walked afresh, not on top of the half-fed state
     with pytest.raises(ValueError, match="vocab"):
         proc(torch.tensor([[0, 0, a[0]]]), torch.zeros(1, spec.vocab_size - 1))
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_utterance_without_words_keeps_its_speech(tok, which):
+    it = interleaver(tok, which, mode="random")
+    codes = make_codes(5, it.spec.layout.codebook_sizes)
+    out = it.interleave(codes, [])
+    (seg,) = it.split(out.ids)
+    assert seg.modality == "speech" and torch.equal(seg.content.codes, codes.codes)
+    walk(it.spec, out.ids.tolist())

@@ -6,6 +6,7 @@
     windows.py    fixed-length training windows cut on frame boundaries, with their masks
     words.py      word timestamps (manifest ``words``, Whisper via faster-whisper) and word -> token cuts
     interleave.py word-level speech-text interleaving (SpiRit-LM / GLM-4-Voice) and its inverse `split`
+    interleave_sampling.py  the interleaved grammar for constrained generation
 """
 from .layout import (IGNORE_INDEX, LAYOUT_FORMAT, LAYOUT_FORMAT_VERSION, SPECIALS, LayoutError, LMTokens,
                      TokenLayout, flatten)
@@ -13,8 +14,10 @@ from .sampling import LayoutLogitsProcessor, LayoutState, Repair, allowed_next, 
 from .windows import LMWindows, make_windows, window_codes
 from .words import WhisperWords, Word, WordsError, words_from_row
 from .interleave import InterleaveError, Interleaver, InterleaveSpec
+from .interleave_sampling import InterleaveLogitsProcessor, InterleaveState, interleave_logits_processor
 
 __all__ = ["IGNORE_INDEX", "LAYOUT_FORMAT", "LAYOUT_FORMAT_VERSION", "SPECIALS", "LayoutError", "LMTokens",
            "TokenLayout", "flatten", "LayoutLogitsProcessor", "LayoutState", "Repair", "allowed_next",
            "decode_lenient", "logits_processor", "LMWindows", "make_windows", "window_codes",
-           "WhisperWords", "Word", "WordsError", "words_from_row", "InterleaveError", "Interleaver", "InterleaveSpec"]
+           "WhisperWords", "Word", "WordsError", "words_from_row", "InterleaveError", "Interleaver", "InterleaveSpec",
+           "InterleaveLogitsProcessor", "InterleaveState", "interleave_logits_processor"]

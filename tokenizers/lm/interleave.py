@@ -336,6 +336,10 @@ class Interleaver:
         except WordsError as e:
             raise InterleaveError(str(e)) from e
         spans: list[list] = []
+        if not words:  # nothing to align: the whole utterance is one span (speech, unless mode is "text")
+            n = int(codes.lengths[0])
+            m = "text" if self.spec.mode == "text" else "speech"
+            return [Span(m, (0, 0), (0, n if m == "speech" else 0), (0, int(edges[n]) if m == "speech" else 0))]
         for m, w0, w1 in self._choose(len(words), random.Random(int(seed))):
             a, b = cuts[w0], cuts[w1]
             if m == "speech" and a == b and w1 > w0:
@@ -374,7 +378,8 @@ class Interleaver:
                 a, b = sp.steps
                 n = torch.tensor([b - a], device=codes.codes.device)
                 part = codes.with_(codes=codes.codes[:, :, a:b], lengths=n, durations=None, audio_lengths=None)
-                piece = span_layout.encode(part).tokens[0].tolist()
+                enc = span_layout.encode(part)
+                piece = enc.tokens[0, :int(enc.lengths[0])].tolist()
             ids.extend(int(t) for t in piece)
             out.append(replace(sp, positions=(p0, len(ids))))
         if lay.add_eos:

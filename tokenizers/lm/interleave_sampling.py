@@ -27,15 +27,14 @@ restricts what may be *sampled* next, not what is accepted as already written (a
 """
 from __future__ import annotations
 
-from typing import Callable, Generic, Optional, TypeVar
+from typing import Optional
 
 import torch
 
 from .interleave import MARKERS, InterleaveError, InterleaveSpec
-from .sampling import LayoutState
+from .sampling import LayoutState, RowStates
 
 _NEG_INF = float("-inf")
-S = TypeVar("S")
 
 
 class InterleaveState:
@@ -161,30 +160,6 @@ class InterleaveState:
 
 
 # --------------------------------------------------------------------------- generate
-class RowStates(Generic[S]):
-    """Per-row grammar states for a logits processor: ``get(b, ids)`` returns row ``b``'s state after
-    ``ids`` (int64 ``[L]``), feeding only the ids past those it saw last time; a row whose prefix
-    changed (beam reordering, a new ``generate`` call) is walked again from ``new()``. A row whose
-    ids the grammar rejects raises (from ``feed``) and is forgotten, so a later call re-walks it."""
-
-    def __init__(self, new: Callable[[], S]):
-        self.new = new
-        self._rows: list[Optional[tuple[S, torch.Tensor]]] = []
-
-    def get(self, b: int, ids: torch.Tensor) -> S:
-        while len(self._rows) <= b:
-            self._rows.append(None)
-        entry, self._rows[b] = self._rows[b], None
-        if entry is not None and entry[1].numel() <= ids.numel() and torch.equal(ids[:entry[1].numel()], entry[1]):
-            state, todo = entry[0], ids[entry[1].numel():]
-        else:
-            state, todo = self.new(), ids
-        for t in todo.tolist():
-            state.feed(t)
-        self._rows[b] = (state, ids.clone())
-        return state
-
-
 class InterleaveLogitsProcessor:
     """Masks logits to the ids the interleaved grammar allows next, for
     ``model.generate(logits_processor=[...])``: ``(input_ids [B, L], scores [B, V]) -> scores [B, V]``.

@@ -22,7 +22,7 @@ repairs or cuts a sample that stopped early or went wrong, reporting what it did
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Generic, Optional, Sequence, TypeVar, Union
 
 import torch
 
@@ -30,6 +30,7 @@ from ..codes import Codes, CodesError
 from .layout import LMTokens, TokenLayout
 
 _NEG_INF = float("-inf")
+S = TypeVar("S")
 
 
 class LayoutState:
@@ -115,6 +116,30 @@ def allowed_next(layout: TokenLayout, prefix: Union[Sequence[int], torch.Tensor]
     return state.allowed(vocab_size)
 
 
+class RowStates(Generic[S]):
+    """Per-row grammar states for a logits processor: ``get(b, ids)`` returns row ``b``'s state after
+    ``ids`` (int64 ``[L]``), feeding only the ids past those it saw last time; a row whose prefix
+    changed (beam reordering, a new ``generate`` call) is walked again from ``new()``. A row whose
+    ids the grammar rejects raises (from ``feed``) and is forgotten, so a later call re-walks it."""
+
+    def __init__(self, new: Callable[[], S]):
+        self.new = new
+        self._rows: list[Optional[tuple[S, torch.Tensor]]] = []
+
+    def get(self, b: int, ids: torch.Tensor) -> S:
+        while len(self._rows) <= b:
+            self._rows.append(None)
+        entry, self._rows[b] = self._rows[b], None
+        if entry is not None and entry[1].numel() <= ids.numel() and torch.equal(ids[:entry[1].numel()], entry[1]):
+            state, todo = entry[0], ids[entry[1].numel():]
+        else:
+            state, todo = self.new(), ids
+        for t in todo.tolist():
+            state.feed(t)
+        self._rows[b] = (state, ids.clone())
+        return state
+
+
 class LayoutLogitsProcessor:
     """Masks logits to the ids ``layout`` allows next, for ``model.generate(logits_processor=[...])``.
 
@@ -128,33 +153,14 @@ class LayoutLogitsProcessor:
         if not layout.flat:
             raise ValueError("generate produces one stream: use a flat layout (pattern 'flatten', or 'delay' with flat=True)")
         self.layout, self.start = layout, int(start)
-        self._rows: list[tuple[LayoutState, torch.Tensor]] = []
-
-    def _state(self, b: int, ids: torch.Tensor) -> LayoutState:
-        if b < len(self._rows):
-            state, seen = self._rows[b]
-            n = seen.numel()
-            if n <= ids.numel() and torch.equal(ids[:n], seen):
-                for t in ids[n:].tolist():
-                    state.feed(t)
-                self._rows[b] = (state, ids.clone())
-                return state
-        state = LayoutState(self.layout)
-        for t in ids.tolist():
-            state.feed(t)
-        entry = (state, ids.clone())
-        if b < len(self._rows):
-            self._rows[b] = entry
-        else:
-            self._rows.append(entry)
-        return state
+        self.rows: RowStates[LayoutState] = RowStates(lambda: LayoutState(layout))
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         V = scores.shape[-1]
         if V < self.layout.vocab_size:
             raise ValueError(f"model vocabulary {V} < layout vocab_size {self.layout.vocab_size}")
         ids = input_ids[:, self.start:].cpu()
-        mask = torch.stack([self._state(b, ids[b]).allowed(V) for b in range(ids.shape[0])]).to(scores.device)
+        mask = torch.stack([self.rows.get(b, ids[b]).allowed(V) for b in range(ids.shape[0])]).to(scores.device)
         return scores.masked_fill(~mask, _NEG_INF)
 
 
