@@ -30,9 +30,10 @@ max-width:1240px;padding:16px 20px;color:#1d232a;background:#fff}
 h1{font-size:22px;margin:4px 0 8px}h2{font-size:18px;margin:26px 0 8px;border-bottom:1px solid #dde2e8}
 h3{font-size:15px;margin:18px 0 6px}.meta{color:#4a5561}.meta b{color:#1d232a}
 pre{background:#f4f6f8;padding:8px 10px;border-radius:4px;overflow-x:auto;white-space:pre-wrap}
-table{border-collapse:collapse;font-size:12.5px;margin:6px 0}th,td{padding:3px 7px;border-bottom:1px solid #e6e9ed;
-text-align:right;white-space:nowrap}th{background:#f4f6f8;position:sticky;top:0}td.l,th.l{text-align:left}
-tr.orig td{background:#fbf7e9;font-style:italic}.ci{display:block;color:#7a8591;font-size:10.5px}
+table{border-collapse:collapse;font-size:12.5px;margin:6px 0}th,td{padding:3px 5px;border-bottom:1px solid #e6e9ed;
+text-align:right;white-space:nowrap}th{background:#f4f6f8;white-space:normal;vertical-align:bottom}
+td.l,th.l{text-align:left}
+tr.orig td{background:#fbf7e9;font-style:italic}.ci{display:block;color:#7a8591;font-size:10px}
 .scroll{overflow-x:auto}
 .plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:8px}
 .plots img{width:100%;border:1px solid #e6e9ed;border-radius:4px}
@@ -181,9 +182,20 @@ def _cell(row: dict, name: str, fmt: str) -> str:
     return text
 
 
-def _summary(d: dict) -> str:
+SUMMARY_GROUPS = [  # one table each, after tokenizer, k and kbps (columns in no group join the first)
+    ("Bitrate, intelligibility and speed", ("entropy_bitrate", "token_rate", "codebook_used", "wer", "cer",
+                                            "encode_rtf", "decode_rtf", "peak_memory_mb")),
+    ("Signal reconstruction (against the original)", ("mel_distance", "stft_distance", "si_sdr", "stoi", "pesq",
+                                                      "visqol")),
+    ("Speaker, quality and prosody", ("speaker_similarity", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl",
+                                      "f0_rmse_cents", "f0_corr", "voicing_error")),
+]
+_KEY = ("tokenizer", "num_codebooks", "bitrate")
+HEADLINE_PLOTS = ("wer", "pesq", "speaker_similarity", "dnsmos_ovrl", "mel_distance", "si_sdr")  # first 3 shown
+
+
+def _summary_table(d: dict, title: str, cols: list) -> str:
     rows, orig = d["rows"], d["original"]
-    cols = columns(rows)
     head = "".join(f'<th class="{"l" if n == "tokenizer" else ""}">{_e(h)}</th>' for n, h, _ in cols)
     body = []
     if any(value(orig, n) is not None for n, _, _ in cols):
@@ -195,8 +207,18 @@ def _summary(d: dict) -> str:
         cells = "".join(f'<td class="{"l" if n == "tokenizer" else ""}">{_cell(r, n, f)}</td>' for n, _, f in cols)
         body.append(f'<tr class="row" data-tokenizer="{_e(r.get("tokenizer"))}" '
                     f'data-k="{_e(r.get("num_codebooks"))}">{cells}</tr>')
-    return (f'<div class="scroll"><table id="summary"><thead><tr>{head}</tr></thead>'
+    return (f'<h3>{_e(title)}</h3><div class="scroll"><table class="summary"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def _summary(d: dict) -> str:
+    """The summary: one table per `SUMMARY_GROUPS` entry that has a column to show."""
+    cols = {c[0]: c for c in columns(d["rows"])}
+    grouped = {n for _, names in SUMMARY_GROUPS for n in names}
+    groups = [(t, list(names)) for t, names in SUMMARY_GROUPS]
+    groups[0][1].extend(n for n in cols if n not in grouped and n not in _KEY)
+    return "".join(_summary_table(d, title, [cols[n] for n in (*_KEY, *names) if n in cols])
+                   for title, names in groups if any(n in cols for n in names))
 
 
 def _pct(v) -> str:
@@ -315,9 +337,11 @@ def render_html(results: dict, out_dir: Union[str, Path], plots: Optional[dict] 
     emb = _Embedder(out, max_embed_bytes)
     examples, utterances = _examples(d, out, emb, spectrograms), _utterance_tables(d)
     labels = {m: (lb, b) for m, lb, b in METRICS}
-    imgs = "".join(f'<img alt="{_e(labels[m][0])} vs bitrate ({labels[m][1]} is better)" '
-                   f'src="{_data_uri(Path(p).read_bytes(), "image/png")}">'
-                   for m, p in (plots or {}).items() if m in labels and Path(p).is_file())
+    plots = {m: p for m, p in (plots or {}).items() if m in labels and Path(p).is_file()}
+    first = [m for m in HEADLINE_PLOTS if m in plots][:3] or list(plots)[:3]
+    imgs, more = ("".join(f'<img alt="{_e(labels[m][0])} vs bitrate ({labels[m][1]} is better)" '
+                          f'src="{_data_uri(Path(plots[m]).read_bytes(), "image/png")}">' for m in ms)
+                  for ms in (first, [m for m in plots if m not in first]))
     rows, orig, cfg = d["rows"], d["original"], d["config"]
     n_items = rows[0].get("items", "?") if rows else 0
     minutes = (value(rows[0], "audio_seconds") or 0) / 60 if rows else 0
@@ -339,6 +363,9 @@ def render_html(results: dict, out_dir: Union[str, Path], plots: Optional[dict] 
             "confidence interval where the run computed one. RTF: compute seconds per audio second.</p>"]
     if imgs:
         body.append(f'<h2>Bitrate vs metrics</h2><div class="plots">{imgs}</div>')
+        if more:
+            body.append(f'<details class="plots-more"><summary>All metrics ({len(plots) - len(first)} more plots)'
+                        f'</summary><div class="plots">{more}</div></details>')
     body += [examples, _by_source(d), utterances]
     if notes:
         body.append(f'<h2>Notes</h2><ul id="notes">{notes}</ul>')

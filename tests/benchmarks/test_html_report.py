@@ -36,10 +36,11 @@ class Page(HTMLParser):
         a = dict(attrs)
         self.tags.append(tag)
         self.urls += [v for k, v in attrs if k in ("src", "href", "action", "poster", "data") and v]
-        if tag == "table" and a.get("id") == "summary":
+        if tag == "table" and "summary" in (a.get("class") or "").split():
             self._in_summary = True
+            self.summary_rows.append([])
         if self._in_summary and tag == "tr" and "row" in (a.get("class") or "").split():
-            self.summary_rows.append((a["data-tokenizer"], int(a["data-k"])))
+            self.summary_rows[-1].append((a["data-tokenizer"], int(a["data-k"])))
         if tag == "div" and "ex" in (a.get("class") or "").split():
             self.examples.append({"id": a["data-id"], "audio": [], "text": ""})
         if tag == "audio" and self.examples:
@@ -118,7 +119,8 @@ def test_report_page(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text()) == results
     text, page = _parse(tmp_path / "report.html")
 
-    assert page.summary_rows == [(r["tokenizer"], r["num_codebooks"]) for r in results["rows"]]
+    # three summary tables (rate/speed, signal, speaker/quality: DNSMOS is there), each with every row
+    assert page.summary_rows == [[(r["tokenizer"], r["num_codebooks"]) for r in results["rows"]]] * 3
     # every example: two players (original, resynthesis) whose data URIs decode to the WAV files
     assert [e["id"] for e in page.examples] == [e["id"] for e in results["examples"]]
     for card, ex in zip(page.examples, results["examples"]):
@@ -137,7 +139,10 @@ def test_report_page(tmp_path):
     assert not any(s in text for s in ('src="http', "src='http", 'href="http', "href='http", "url(http", "//cdn"))
     # the CI under its value, optional metric columns present, total audio size stated
     assert '<span class="ci" title="95% confidence interval">[35.0%, 45.0%]</span>' in text and "DNSMOS OVRL" in text and "MiB of audio embedded" in text
-    assert text.count("<details") == len(results["rows"])  # per-utterance tables, one per (tokenizer, k)
+    assert text.count('<details class="utts"') == len(results["rows"])  # per-utterance tables, per (tokenizer, k)
+    # all 7 plots: 3 headline ones, the other 4 folded
+    plots = text[text.index("Bitrate vs metrics"):text.index("Listen: examples")]
+    assert plots.count("<img") == 7 and plots.index("(4 more plots)") > plots.index("<img")
     assert text.count('alt="log-mel spectrograms"') == len(results["examples"])
 
 
@@ -162,7 +167,7 @@ def test_version_1_file_renders(tmp_path):
     v1 = json.loads((REPO / "benchmarks" / "results" / "bench_real" / "results.json").read_text())
     assert v1["format_version"] == 1
     text, page = _parse(write_html_report(v1, tmp_path))
-    assert page.summary_rows == [(r["tokenizer"], r["num_codebooks"]) for r in v1["rows"]]
+    assert page.summary_rows == [[(r["tokenizer"], r["num_codebooks"]) for r in v1["rows"]]] * 2
     assert page.examples == [] and f"WER {v1['original_wer']:.1%}" in text and 'id="by-source"' in text
     assert normalize(v1)["original"]["by_source"] == v1["original_wer_by_source"]
     assert to_markdown(v1).count("| mulaw-16k |") == 2
