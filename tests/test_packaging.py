@@ -1,5 +1,6 @@
 """The wheel holds every subpackage, maps the folders into `speechtok`, and installs no top-level
 `tokenizers` (Hugging Face's) or `cli`. Every module imports from the built wheel."""
+import json
 import subprocess
 import sys
 import zipfile
@@ -34,6 +35,13 @@ def test_wheel_layout(wheel):
         assert dest in names, f"{pkg} is missing from the wheel ({dest})"
     assert "speechtok/data/sample_ljspeech.flac" in names
     assert "speechtok/models/mulaw-16k/config.json" in names
+    # the packaged benchmark set: manifest, card, and every file the manifest names
+    mini = "speechtok/benchmarks/data/bench-mini/"
+    assert {mini + "manifest.jsonl", mini + "README.md"} <= set(names)
+    recs = [json.loads(x) for x in (ROOT / "benchmarks/data/bench-mini/manifest.jsonl").read_text().splitlines() if x]
+    missing = [mini + r[k] for r in recs for k in ("audio", "phones") if mini + r[k] not in names]
+    assert recs and not missing, missing[:3]
+    assert not any(n.startswith(mini) and n.endswith(".py") for n in names)  # its build script stays in the repo
     entry = [n for n in names if n.endswith("entry_points.txt")]
     assert entry and "speechtok = speechtok.cli.main:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()
 
