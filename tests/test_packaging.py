@@ -61,3 +61,20 @@ def test_every_module_imports_from_the_wheel(wheel, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_packaged_bench_set_loads_from_the_wheel(wheel, tmp_path):
+    """`speechtok bench`'s default data comes from the installed package, with no shared folder."""
+    zipfile.ZipFile(wheel).extractall(tmp_path)
+    (tmp_path / "empty").mkdir()
+    code = (
+        "from speechtok.benchmarks.runner import BenchConfig, select_utterances\n"
+        "from speechtok.benchmarks.suite import resolve_data\n"
+        "path, suite = resolve_data(None)\n"
+        f"assert path.startswith({str(tmp_path)!r}) and suite.name == 'bench-mini', path\n"
+        "utts = select_utterances(path, BenchConfig(max_items=None), suite)\n"
+        "assert len(utts) >= 16 and all(u.text and u.audio.numel() > 16000 for u in utts)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin", "SPEECHTOK_SHARED": str(tmp_path / "empty")})
+    assert r.returncode == 0, r.stderr[-3000:]

@@ -192,9 +192,10 @@ def test_cli_bench_defaults_run_from_the_package(no_shared, tmp_path):
     from speechtok.cli.main import main
     from speechtok.registry import DEFAULT_MODEL
 
+    pytest.importorskip("matplotlib", reason="plots need the bench extra")
     out = tmp_path / "res"
     r = CliRunner().invoke(main, ["bench", "-o", str(out), "--max-items", "2", "--asr", "none", "--metrics", "none",
-                                  "-k", "1,8", "--examples", "1", "--no-plots"])
+                                  "-k", "1,8", "--examples", "1"])
     assert r.exit_code == 0, r.output
     res = json.loads((out / "results.json").read_text())
     assert {row["tokenizer"] for row in res["rows"]} == {DEFAULT_MODEL} and len(res["rows"]) == 2
@@ -202,3 +203,4 @@ def test_cli_bench_defaults_run_from_the_package(no_shared, tmp_path):
     assert {u["source"] for u in res["utterances"]} == {"speechocean762", "librispeech"}
     assert (out / res["examples"][0]["resynth"]).is_file() and len(res["examples"]) == 2
     assert f"| {DEFAULT_MODEL} | 8 |" in r.output
+    assert (out / "report.html").stat().st_size > 1000 and (out / "bitrate_vs_mel.png").read_bytes()[:4] == b"\x89PNG"
