@@ -231,7 +231,9 @@ def build_asr(spec: Optional[str], device: str = "cpu") -> Optional[ASR]:
     if spec == "pocketsphinx":
         return PocketsphinxASR()
     if spec.startswith("whisper:"):
-        return WhisperASR(whisper_model_dir(spec.split(":", 1)[1]), device=device)
+        asr = WhisperASR(whisper_model_dir(spec.split(":", 1)[1]), device=device)
+        asr.name = spec  # "whisper:base", not the name of the folder the weights were joined into
+        return asr
     if spec.startswith("hubert-ctc:"):
         from .asr_ctc import HubertCTCASR
 

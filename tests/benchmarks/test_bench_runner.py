@@ -341,4 +341,4 @@ def test_auto_asr_builds_the_installed_tiny_en(monkeypatch, lengths_manifest):
         A.WhisperModelNotFound(n)))
     monkeypatch.delenv(A._env_var("base"), raising=False)
     asr, note = A.resolve_asr("auto")
-    assert isinstance(asr, A.WhisperASR) and note == "ASR auto-detected: whisper:tiny.en"
+    assert isinstance(asr, A.WhisperASR) and note == "ASR auto-detected: whisper:tiny.en" and asr.name == "whisper:tiny.en"
