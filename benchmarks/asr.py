@@ -46,7 +46,10 @@ class ASR(Protocol):
 
 
 class WhisperASR:
-    """faster-whisper transcription (English, greedy, no timestamps) from ``model_path``."""
+    """faster-whisper transcription (English, greedy, no timestamps) from ``model_path``.
+
+    Temperature 0 only: faster-whisper's default falls back to sampling at higher temperatures
+    on hard audio (poor resyntheses), which made reruns of a benchmark disagree."""
 
     sample_rate = 16000
 
@@ -67,7 +70,8 @@ class WhisperASR:
     def transcribe(self, audio: torch.Tensor) -> str:
         x = audio.detach().float().cpu().reshape(-1).numpy()
         segments, _ = self.model.transcribe(x, language="en", beam_size=self.beam_size, without_timestamps=True,
-                                            condition_on_previous_text=False, vad_filter=False)
+                                            condition_on_previous_text=False, vad_filter=False,
+                                            temperature=0.0)  # no sampling fallback: reruns agree
         return " ".join(s.text.strip() for s in segments).strip()
 
 

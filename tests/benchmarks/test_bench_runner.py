@@ -342,3 +342,20 @@ def test_auto_asr_builds_the_installed_tiny_en(monkeypatch, lengths_manifest):
     monkeypatch.delenv(A._env_var("base"), raising=False)
     asr, note = A.resolve_asr("auto")
     assert isinstance(asr, A.WhisperASR) and note == "ASR auto-detected: whisper:tiny.en" and asr.name == "whisper:tiny.en"
+
+
+def test_whisper_asr_is_deterministic_greedy():
+    """No temperature fallback (sampling) in the benchmark's Whisper: reruns give the same WER."""
+    from speechtok.benchmarks.asr import WhisperASR
+
+    seen = {}
+
+    class Model:
+        def transcribe(self, x, **kw):
+            seen.update(kw)
+            return [SimpleNamespace(text=" hello ")], None
+
+    asr = WhisperASR.__new__(WhisperASR)
+    asr.model, asr.beam_size = Model(), 1
+    assert asr.transcribe(torch.zeros(16000)) == "hello"
+    assert seen["temperature"] == 0.0 and seen["beam_size"] == 1 and seen["language"] == "en"
