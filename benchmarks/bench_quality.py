@@ -1,7 +1,8 @@
 """The runner's side of the quality metrics of `speechtok.benchmarks.quality`.
 
 That module's contract: ``QUALITY_METRICS: dict[str, MetricSpec]`` with ``MetricSpec(name, fn,
-keys, higher_is_better, unit, needs_reference, requires)``, where ``fn(reference [S] float32,
+keys, higher_is_better, unit, needs_reference, requires)``, optionally ``metric_spec(name) ->
+MetricSpec | None`` for parametrised names (``speaker_similarity:wavlm-sv:DIR``), where ``fn(reference [S] float32,
 estimate [S], sample_rate) -> float | dict[str, float]`` (the original and the resynthesis, both
 at ``sample_rate`` Hz, as 1-D float32 torch tensors), ``available(name) -> bool`` and
 ``dnsmos(audio [S], sample_rate) -> dict[str, float]`` for the original audio. A metric that is
@@ -49,8 +50,9 @@ def plan_quality(names: Sequence[str], module: Any = None) -> QualityPlan:
             return plan
     plan.module = module
     table = getattr(module, "QUALITY_METRICS", {})
+    lookup = getattr(module, "metric_spec", table.get)  # metric_spec also parses speaker_similarity:MODEL
     for name in names:
-        spec = table.get(name)
+        spec = lookup(name)
         if spec is None:
             plan.notes.append(f"{name} skipped: unknown quality metric (known: {', '.join(sorted(table)) or 'none'})")
         elif not _available(module, name):

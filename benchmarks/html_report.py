@@ -2,7 +2,8 @@
 
 One file, no network: CSS inline, the Pareto plots as base64 PNGs, and for each example (per
 tokenizer and number of codebooks, the few utterances the runner saved under ``audio/``) the
-original and the resynthesis as ``<audio controls>`` with the WAVs embedded as data URIs, their
+original and the resynthesis as ``<audio controls>`` with the audio embedded as data URIs (each
+file once; a one-line script gives later players of the same file its source), their
 log-mel spectrograms side by side, and the transcripts (reference, ASR of the original, ASR of
 the resynthesis) with word errors marked. Also the summary table (means with their 95 % CI where the
 results have one), WER by source, a collapsible per-utterance table per (tokenizer, k), the notes,
@@ -184,11 +185,14 @@ def _cell(row: dict, name: str, fmt: str) -> str:
 
 SUMMARY_GROUPS = [  # one table each, after tokenizer, k and kbps (columns in no group join the first)
     ("Bitrate, intelligibility and speed", ("entropy_bitrate", "token_rate", "codebook_used", "wer", "cer",
-                                            "encode_rtf", "decode_rtf", "peak_memory_mb")),
+                                            "encode_rtf", "decode_rtf", "encode_throughput",
+                                            "decode_throughput", "peak_memory_mb")),
     ("Signal reconstruction (against the original)", ("mel_distance", "stft_distance", "si_sdr", "stoi", "pesq",
                                                       "visqol")),
     ("Speaker, quality and prosody", ("speaker_similarity", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl",
                                       "f0_rmse_cents", "f0_corr", "voicing_error")),
+    ("Phone information of the tokens (PNMI of the first codebook, phone ABX of the first k)",
+     ("pnmi", "abx_within", "abx_across")),
 ]
 _KEY = ("tokenizer", "num_codebooks", "bitrate")
 HEADLINE_PLOTS = ("wer", "pesq", "speaker_similarity", "dnsmos_ovrl", "mel_distance", "si_sdr")  # first 3 shown
@@ -241,15 +245,21 @@ def _by_source(d: dict) -> str:
 
 
 class _Embedder:
-    """Audio as data URIs until ``limit`` bytes are embedded, then relative links."""
+    """Audio as data URIs until ``limit`` bytes are embedded, then relative links. A file used again
+    (the original beside each tokenizer's resynthesis) is embedded once: later players carry
+    ``data-same="<id of the first>"`` and `COPY_SCRIPT` gives them its source when the page loads."""
 
     def __init__(self, out: Path, limit: int):
         self.out, self.limit, self.embedded, self.linked = out, limit, 0, 0
+        self.first: dict[Path, str] = {}
 
     def audio(self, rel: str, label: str) -> str:
         path = _inside(self.out, rel)
         if path is None:
             return f'<div class="warn">{_e(label)}: audio file missing ({_e(rel)})</div>'
+        head = f'<div class="lbl">{_e(label)}</div><audio controls preload="metadata" class="{_e(label)}" '
+        if path in self.first:
+            return head + f'data-same="{self.first[path]}"></audio>'
         data = path.read_bytes()
         mime = mimetypes.guess_type(path.name)[0] or "audio/wav"
         if mime == "audio/x-wav":
@@ -257,11 +267,14 @@ class _Embedder:
         if self.embedded + len(data) <= self.limit:
             self.embedded += len(data)
             src = _data_uri(data, mime)
-        else:
-            self.linked += 1
-            src = _e(path.relative_to(self.out.resolve()).as_posix())
-        return (f'<div class="lbl">{_e(label)}</div><audio controls preload="metadata" class="{_e(label)}" '
-                f'src="{src}"></audio>')
+            self.first[path] = f"a{len(self.first)}"
+            return head + f'id="{self.first[path]}" src="{src}"></audio>'
+        self.linked += 1
+        return head + f'src="{_e(path.relative_to(self.out.resolve()).as_posix())}"></audio>'
+
+
+COPY_SCRIPT = ("<script>document.querySelectorAll('audio[data-same]').forEach(function(a){"
+               "var s=document.getElementById(a.dataset.same);if(s)a.src=s.src;});</script>")
 
 
 def _examples(d: dict, out: Path, emb: _Embedder, spectrograms: bool) -> str:
@@ -377,7 +390,7 @@ def render_html(results: dict, out_dir: Union[str, Path], plots: Optional[dict] 
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width,initial-scale=1">'
             f"<title>{_e(title)}</title><style>{CSS}</style></head><body>\n"
-            + "\n".join(b for b in body if b) + "\n</body></html>\n")
+            + "\n".join(b for b in body if b) + "\n" + (COPY_SCRIPT if emb.first else "") + "</body></html>\n")
 
 
 def write_html_report(results: dict, out_dir: Union[str, Path], plots: bool = True,

@@ -143,6 +143,14 @@ class Item:
     offset_s: float
 
 
+def phone_items(phones, utt: str, speaker: str) -> list[Item]:
+    """Context-free ABX items of one alignment: every non-silence phone, with an empty context, so
+    all items share one context and A/B/X are matched on speaker only ("any-context" phone ABX,
+    as ZeroSpeech 2024's; the triphone ABX needs many utterances per speaker to have cells)."""
+    return [Item(utt, speaker, p, "", "", a, b) for a, b, p in ((a, b, normalize_phone(p)) for a, b, p in phones)
+            if p != "SIL"]
+
+
 def triphone_items(phones, utt: str, speaker: str) -> list[Item]:
     """Triphone items of one alignment (``(start_s, end_s, phone)`` rows): every phone with a
     non-silence phone on each side, itself not silence; onset/offset span the three phones."""
@@ -163,6 +171,16 @@ def angular_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     y = y / y.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return torch.bmm(x, y.transpose(1, 2)).clamp(-1.0, 1.0).acos() / math.pi
+
+
+def code_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Angular distance of one-hot codes: ``x [N, La, k]``, ``y [N, Lb, k]`` integer codes of ``k``
+    codebooks -> ``[N, La, Lb]`` = ``arccos(m / k) / pi`` for ``m`` codebooks that agree: exactly
+    `angular_distances` of the concatenated one-hot vectors (ZeroSpeech's ABX on discrete units),
+    without building them."""
+    k = x.shape[-1]
+    m = (x[:, :, None, :] == y[:, None, :, :]).sum(-1, dtype=torch.float32)
+    return (m / k).clamp(0.0, 1.0).acos() / math.pi
 
 
 def dtw_batch(dist: torch.Tensor, len_a: torch.Tensor, len_b: torch.Tensor) -> torch.Tensor:
@@ -200,8 +218,10 @@ def dtw_batch(dist: torch.Tensor, len_a: torch.Tensor, len_b: torch.Tensor) -> t
     return out
 
 
-def pair_distances(segs: Sequence[torch.Tensor], pairs: np.ndarray, max_cells: int = 1 << 24) -> np.ndarray:
-    """``d(segs[p], segs[q])`` (angular DTW) for each row ``(p, q)`` of ``pairs [P, 2]`` -> ``[P]``.
+def pair_distances(segs: Sequence[torch.Tensor], pairs: np.ndarray, max_cells: int = 1 << 24,
+                   distance=angular_distances) -> np.ndarray:
+    """``d(segs[p], segs[q])`` (DTW of ``distance``: `angular_distances` of features ``[n, D]``, or
+    `code_distances` of integer codes ``[n, k]``) for each row ``(p, q)`` of ``pairs [P, 2]`` -> ``[P]``.
 
     Pairs are sorted by length and batched so each batch holds at most ``max_cells`` frame pairs."""
     out = np.zeros(len(pairs))
@@ -216,11 +236,12 @@ def pair_distances(segs: Sequence[torch.Tensor], pairs: np.ndarray, max_cells: i
             e += 1
         idx = order[s:e]
         A, Bm = int(la[idx].max()), int(lb[idx].max())
-        D = segs[pairs[idx[0], 0]].shape[1]
-        xa, xb = torch.zeros(len(idx), A, D), torch.zeros(len(idx), Bm, D)
+        first = segs[pairs[idx[0], 0]]
+        D, dt = first.shape[1], first.dtype
+        xa, xb = torch.zeros(len(idx), A, D, dtype=dt), torch.zeros(len(idx), Bm, D, dtype=dt)
         for n, t in enumerate(idx):
             xa[n, : la[t]], xb[n, : lb[t]] = segs[pairs[t, 0]], segs[pairs[t, 1]]
-        out[idx] = dtw_batch(angular_distances(xa, xb), torch.as_tensor(la[idx]), torch.as_tensor(lb[idx])).numpy()
+        out[idx] = dtw_batch(distance(xa, xb), torch.as_tensor(la[idx]), torch.as_tensor(lb[idx])).numpy()
         s = e
     return out
 
@@ -235,8 +256,10 @@ def _err(dax: np.ndarray, dbx: np.ndarray, mask: Optional[np.ndarray] = None) ->
 
 
 def abx_cells(items: Sequence[Item], segs: Sequence[torch.Tensor], *, max_per_cell: int = 10,
-              max_x_speakers: int = 5, max_contexts: Optional[int] = None, seed: int = 0) -> dict:
-    """ABX error cells of ``items`` with features ``segs[i] [n_i, D]`` (see module doc).
+              max_x_speakers: int = 5, max_contexts: Optional[int] = None, seed: int = 0,
+              distance=angular_distances) -> dict:
+    """ABX error cells of ``items`` with features ``segs[i] [n_i, D]`` (see module doc); for
+    discrete codes ``segs[i] [n_i, k]`` pass ``distance=code_distances``.
 
     Returns ``{"within": [(context, speaker, c1, c2, err, n_triplets)], "across": [((context, x_speaker),
     ab_speaker, c1, c2, err, n_triplets)], "n_items", "n_pairs"}``; items with no frames are left out."""
@@ -256,7 +279,7 @@ def abx_cells(items: Sequence[Item], segs: Sequence[torch.Tensor], *, max_per_ce
         pairs.update((p, q) for n, p in enumerate(ids) for q in ids[n + 1:])
         plan.append((ctx, cells, ids))
     pairs_arr = np.array(sorted(pairs), dtype=int).reshape(-1, 2)
-    dist = dict(zip(map(tuple, pairs_arr), pair_distances(segs, pairs_arr)))
+    dist = dict(zip(map(tuple, pairs_arr), pair_distances(segs, pairs_arr, distance=distance)))
     within, across = [], []
     for ctx, cells, ids in plan:
         pos = {i: n for n, i in enumerate(ids)}

@@ -13,9 +13,11 @@ imported at module level.
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Optional
 from typing import Callable, Union
 
 import torch
@@ -307,10 +309,26 @@ QUALITY_METRICS: dict[str, MetricSpec] = {
 }
 
 
+def metric_spec(name: str) -> Optional[MetricSpec]:
+    """The spec of metric ``name``: a `QUALITY_METRICS` key, or ``speaker_similarity:MODEL`` with
+    MODEL as `speaker_embedding` takes it (``speaker_similarity:wavlm-sv:/path/to/wavlm-base-plus-sv``
+    scores with a WavLM speaker-verification checkpoint, as the Llasa/X-Codec2 table does).
+    None for an unknown name."""
+    base, _, model = name.partition(":")
+    spec = QUALITY_METRICS.get(base)
+    if spec is None or not model:
+        return spec if not model else None
+    if base != "speaker_similarity" or not (model == "resemblyzer" or model.startswith("wavlm-sv:")):
+        return None
+    return replace(spec, fn=functools.partial(speaker_similarity, model=model), unit=f"cosine ({model})",
+                   requires="transformers" if model.startswith("wavlm-sv:") else spec.requires)
+
+
 def available(name: str) -> bool:
     """Whether the backend of quality metric `name` imports (False: skip it, naming `requires`)."""
+    spec = metric_spec(name)
     try:
-        _require(QUALITY_METRICS[name].requires, name)
-    except ImportError:
+        _require(spec.requires, name)
+    except (ImportError, AttributeError):
         return False
     return True

@@ -32,11 +32,16 @@ COLUMNS = [  # (field, header, format)
     ("dnsmos_bak", "DNSMOS BAK ↑", "{:.2f}"), ("dnsmos_ovrl", "DNSMOS OVRL ↑", "{:.2f}"),
     ("visqol", "ViSQOL ↑", "{:.2f}"), ("f0_rmse_cents", "F0 RMSE cents ↓", "{:.0f}"),
     ("f0_corr", "F0 corr ↑", "{:.3f}"), ("voicing_error", "voicing err ↓", "{:.3f}"),
-    ("encode_rtf", "enc RTF", "{:.3g}"), ("decode_rtf", "dec RTF", "{:.3g}"), ("peak_memory_mb", "peak MB", "{:.0f}"),
+    ("pnmi", "PNMI cb0 ↑", "{:.3f}"), ("abx_within", "ABX within ↓", "{:.1%}"),
+    ("abx_across", "ABX across ↓", "{:.1%}"),
+    ("encode_rtf", "enc RTF", "{:.3g}"), ("decode_rtf", "dec RTF", "{:.3g}"),
+    ("encode_throughput", "enc h/core-h", "{:.3g}"), ("decode_throughput", "dec h/core-h", "{:.3g}"),
+    ("peak_memory_mb", "peak MB", "{:.0f}"),
 ]
 # columns shown only when some row has a value (the metrics a run may not compute)
 OPTIONAL_COLUMNS = {"speaker_similarity", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "visqol",
-                    "f0_rmse_cents", "f0_corr", "voicing_error"}
+                    "f0_rmse_cents", "f0_corr", "voicing_error", "pnmi", "abx_within", "abx_across",
+                    "encode_throughput", "decode_throughput"}
 _KBPS = {"bitrate", "entropy_bitrate"}
 
 METRICS = [  # Pareto metrics: (field, axis label, "lower" or "higher" is better)
@@ -47,8 +52,10 @@ METRICS = [  # Pareto metrics: (field, axis label, "lower" or "higher" is better
     ("dnsmos_bak", "DNSMOS BAK", "higher"), ("dnsmos_ovrl", "DNSMOS OVRL", "higher"),
     ("visqol", "ViSQOL", "higher"), ("f0_rmse_cents", "F0 RMSE (cents)", "lower"),
     ("f0_corr", "F0 correlation", "higher"), ("voicing_error", "voicing error", "lower"),
+    ("abx_within", "phone ABX error, within speaker", "lower"),
+    ("abx_across", "phone ABX error, across speakers", "lower"), ("pnmi", "PNMI of the first codebook", "higher"),
 ]
-PERCENT = {"wer", "cer"}
+PERCENT = {"wer", "cer", "abx_within", "abx_across"}
 _PLOT_NAMES = {"mel_distance": "mel", "stft_distance": "stft"}  # bitrate_vs_mel.png as before
 
 
@@ -171,9 +178,17 @@ def to_markdown(report: Union[dict, BenchReport]) -> str:
             if r["wer_by_source"]:
                 lines.append(f"| {r['tokenizer']} | {r['num_codebooks']} | "
                              + " | ".join(_pct(r["wer_by_source"].get(s)) for s in sources) + " |")
+    gpu = str(d.get("device") or "").startswith("cuda")
     lines += ["", "RTF: compute seconds per second of audio (lower is faster; < 1 is faster than real time). "
-              "Peak MB: CUDA peak allocated on GPU, process peak RSS on CPU. "
-              "used: fraction of codebook entries used (mean over codebooks).", ""]
+              + ("h/core-h: hours of audio per GPU-hour (1 / RTF). " if gpu else
+                 f"h/core-h: hours of audio per CPU-core-hour (1 / (RTF x {d['environment'].get('cpu_threads', '?')} "
+                 "threads)). ")
+              + "Peak MB: CUDA peak allocated on GPU, process peak RSS on CPU. "
+              "used: fraction of codebook entries used (mean over codebooks). "
+              "PNMI cb0: phone-normalised mutual information of the first codebook's codes (speech frames); "
+              "ABX: phone ABX error of the first k codebooks as one-hot frames "
+              f"({cfg.get('abx_mode', 'phone')} items; chance 50 %), within and across speakers "
+              "(`speechtok.benchmarks.bench_phones`).", ""]
     for note in d["notes"]:
         lines.append(f"- {note}")
     return "\n".join(lines)

@@ -9,7 +9,10 @@ For every tokenizer and every bitrate it offers (a codec: each number of codeboo
   (`bench_quality`), all at ``eval_rate`` (16 kHz) against the original;
 - intelligibility: WER/CER of the resynthesis by an ASR, next to the original audio's WER/CER
   (reference: the manifest text, else the ASR transcript of the original);
-- speed: encode/decode real-time factor (compute seconds per audio second) and peak memory.
+- phone information (data with phone alignments, `bench_phones`): PNMI of the first codebook,
+  phone ABX within and across speakers of the first ``k`` codebooks;
+- speed: encode/decode real-time factor (compute seconds per audio second), throughput in hours
+  of audio per CPU-core-hour (``RTF x threads``; on a GPU, per GPU-hour) and peak memory.
 
 Each (tokenizer, k) gives a `BenchRow` of means (WER/CER corpus-level) with 95 % bootstrap
 intervals (`bench_stats`), and one record per utterance (`BenchReport.utterances`): transcripts of
@@ -25,10 +28,11 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from . import bench_phones as PH
 from . import bench_quality as Q
 from . import bench_stats as S
 from . import metrics as M
@@ -38,6 +42,7 @@ from .suite import Utterance, _round_robin, load_utterances, pick_records, read_
 __all__ = ["BenchConfig", "BenchRow", "BenchReport", "Utterance", "codebook_levels", "run_benchmark",
            "select_utterances", "bench_tokenizer"]
 
+MAX_PHONE_FRAME_RATE = 200.0  # Hz: frame-level PNMI/ABX for token streams up to this rate (not samples)
 SIGNAL_METRICS = ("mel_distance", "stft_distance", "si_sdr", "stoi", "pesq")
 DEFAULT_QUALITY = ("speaker_similarity", "dnsmos", "visqol", "f0")
 
@@ -58,7 +63,9 @@ class BenchConfig:
         intrusive: compute STOI and PESQ (slowest of the signal metrics).
         metrics: quality metrics of `speechtok.benchmarks.quality` to add (skipped with a note
             where unavailable).
-        examples: utterances per (tokenizer, k) whose original and resynthesis are saved as WAV.
+        examples: utterances per (tokenizer, k) whose original and resynthesis are saved (FLAC).
+        phones: compute PNMI and ABX where the data has phone alignments.
+        abx_mode: "phone" (any-context phone ABX) or "triphone" (within-context), `bench_phones`.
     """
 
     max_items: Optional[int] = 40
@@ -70,6 +77,8 @@ class BenchConfig:
     intrusive: bool = True
     metrics: tuple[str, ...] = DEFAULT_QUALITY
     examples: int = 3
+    phones: bool = True
+    abx_mode: str = "phone"
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,9 @@ class BenchRow:
     """Results of one tokenizer at one bitrate: means over utterances (WER/CER corpus-level).
 
     Reconstruction and ASR fields are NaN for tokenizers without a decoder. ``extra``: the
-    quality metrics' means (result key -> mean); ``ci``: metric -> 95 % bootstrap ``(lo, hi)``.
+    quality metrics' and phone metrics' means (result key -> mean); ``ci``: metric -> 95 %
+    bootstrap ``(lo, hi)``. Throughputs: hours of audio per core-hour on a CPU (compute time x
+    torch threads), per GPU-hour on a GPU.
     """
 
     tokenizer: str
@@ -104,6 +115,8 @@ class BenchRow:
     wer_by_source: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     ci: dict = field(default_factory=dict)
+    encode_throughput: float = float("nan")
+    decode_throughput: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -182,11 +195,15 @@ def _base_record(u: Utterance) -> dict:
 
 def bench_tokenizer(tok: Any, name: str, utts: Sequence[Utterance], config: BenchConfig,
                     transcripts: _Transcripts, plan: Optional[Q.QualityPlan] = None,
-                    out_dir: Optional[Path] = None) -> tuple[list[BenchRow], list[dict], list[dict]]:
-    """Rows, per-utterance records and saved examples of one tokenizer (see the module docstring)."""
+                    out_dir: Optional[Path] = None, progress: Optional[Callable[[str], None]] = None,
+                    notes: Optional[list] = None) -> tuple[list[BenchRow], list[dict], list[dict]]:
+    """Rows, per-utterance records and saved examples of one tokenizer (see the module docstring);
+    ``progress`` gets a line per stage (encoding, each k scored), ``notes`` what was skipped."""
     from speechtok.audio import save_audio
 
     plan = plan or Q.QualityPlan()
+    say = progress or (lambda msg: None)
+    t_start = time.perf_counter()
     device = config.device
     if str(device).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -204,9 +221,21 @@ def bench_tokenizer(tok: Any, name: str, utts: Sequence[Utterance], config: Benc
         encoded.append(codes)
         total_secs += u.audio.numel() / config.eval_rate
     K = encoded[0].num_codebooks
+    say(f"{name}: encoded {len(utts)} utterances ({total_secs:.0f} s of audio) in {enc_time:.1f} s")
     can_decode = bool(getattr(tok, "can_decode", hasattr(tok, "decode")))
     keys = [k for k in SIGNAL_METRICS if config.intrusive or k not in ("stoi", "pesq")] + plan.keys
     rows, records, examples = [], [], []
+    align = PH.load_alignments(utts) if config.phones else {}
+    if align and float(encoded[0].frame_rate) > MAX_PHONE_FRAME_RATE:
+        msg = (f"{name}: phone metrics skipped ({float(encoded[0].frame_rate):g} Hz tokens; frame-level PNMI and "
+               f"ABX are for token rates up to {MAX_PHONE_FRAME_RATE:g} Hz)")
+        say(msg)
+        if notes is not None:
+            notes.append(msg)
+        align = {}
+    code_arrays = [c.codes[0, :, : int(c.lengths[0])].cpu().numpy() for c in encoded] if align else []
+    pnmi_cache: dict = {}
+    threads = 1 if str(device).startswith("cuda") else torch.get_num_threads()
     for k in codebook_levels(K, config.codebooks):
         sizes = encoded[0].codebook_sizes[:k]
         cat = torch.cat([c.take_codebooks(k).codes[0, :, : int(c.lengths[0])].cpu() for c in encoded], dim=1)
@@ -241,15 +270,22 @@ def bench_tokenizer(tok: Any, name: str, utts: Sequence[Utterance], config: Benc
                     rec["_wer"], rec["_cer"] = transcripts.errors(u, rec["asr_resynth"])
                     rec["wer"], rec["cer"] = rec["_wer"].rate, rec["_cer"].rate
                 if out_dir is not None and i < config.examples:
-                    stem = f"audio/{_safe(name)}/k{k}/{_safe(u.id)}.wav"
-                    orig = f"audio/original/{_safe(u.id)}.wav"
+                    stem = f"audio/{_safe(name)}/k{k}/{_safe(u.id)}.flac"
+                    orig = f"audio/original/{_safe(u.id)}.flac"
                     if not (out_dir / orig).exists():
                         save_audio(out_dir / orig, x, config.eval_rate, subtype="PCM_16")
-                    save_audio(out_dir / stem, y, config.eval_rate, subtype="PCM_16")
+                    save_audio(out_dir / stem, y.clamp(-1.0, 1.0), config.eval_rate, subtype="PCM_16")
                     examples.append({"tokenizer": name, "num_codebooks": k, "id": u.id, "text": u.text,
                                      "original": orig, "resynth": stem})
             recs.append(rec)
         means, ci = _summary(recs, keys)
+        phone_keys = []
+        if align:
+            pm, pci, _ = PH.phone_scores(code_arrays, [u.id for u in utts], align, float(encoded[0].frame_rate), k,
+                                         mode=config.abx_mode, pnmi_cache=pnmi_cache)
+            means.update(pm)
+            ci.update(pci)
+            phone_keys = list(PH.PHONE_KEYS)
         by_source: dict[str, list] = defaultdict(list)
         for r in recs:
             if "_wer" in r:
@@ -264,8 +300,13 @@ def bench_tokenizer(tok: Any, name: str, utts: Sequence[Utterance], config: Benc
             encode_rtf=enc_time / total_secs, decode_rtf=dec_time / total_secs if can_decode else nan,
             peak_memory_mb=peak_memory_mb(device), items=len(utts), audio_seconds=total_secs,
             wer_by_source={src: M.corpus_rate(e) for src, e in sorted(by_source.items())},
-            extra={m: means[m] for m in plan.keys}, ci={m: ci[m] for m in [*keys, "wer", "cer"]}))
+            extra={m: means[m] for m in [*plan.keys, *phone_keys]},
+            ci={m: ci[m] for m in [*keys, *phone_keys, "wer", "cer"]},
+            encode_throughput=total_secs / (enc_time * threads) if enc_time > 0 else nan,
+            decode_throughput=total_secs / (dec_time * threads) if can_decode and dec_time > 0 else nan))
         records.extend({k2: v for k2, v in r.items() if not k2.startswith("_")} for r in recs)
+        wer = f", WER {rows[-1].wer:.1%}" if math.isfinite(rows[-1].wer) else ""
+        say(f"{name} k={k}: scored {len(recs)} utterances{wer} ({time.perf_counter() - t_start:.0f} s so far)")
     return rows, records, examples
 
 
@@ -305,14 +346,15 @@ def _load(spec: Any, device: str) -> tuple[str, Any]:
 
 def run_benchmark(tokenizers: Sequence[Any], data: str, config: BenchConfig = BenchConfig(),
                   command: str = "", asr: Any = None, suite: Any = None, out_dir: Optional[str] = None,
-                  quality: Any = None) -> BenchReport:
+                  quality: Any = None, progress: Optional[Callable[[str], None]] = None) -> BenchReport:
     """Benchmark ``tokenizers`` (names/directories for `speechtok.load`, or tokenizer objects) on
     ``data`` (a manifest, or with ``suite`` a resolved `suite.resolve_data` target); returns a
     `BenchReport` (write it with `speechtok.benchmarks.report.write_report`).
 
     ``asr`` (an object with ``transcribe(audio [S] at 16 kHz) -> str`` and ``name``) overrides
     ``config.asr``; ``out_dir``: where the example WAVs go (None: no examples); ``quality``: a
-    module with the `bench_quality` contract (default: `speechtok.benchmarks.quality`)."""
+    module with the `bench_quality` contract (default: `speechtok.benchmarks.quality`);
+    ``progress``: called with one line per stage (the CLI prints them to stderr)."""
     from .asr import resolve_asr
 
     utts = select_utterances(data, config, suite)
@@ -323,6 +365,9 @@ def run_benchmark(tokenizers: Sequence[Any], data: str, config: BenchConfig = Be
     if asr is None:
         asr, note = resolve_asr(config.asr, config.device)
         notes += [note] if note else []
+    say = progress or (lambda msg: None)
+    if asr is not None:
+        say(f"ASR {getattr(asr, 'name', 'asr')}: transcribing {len(utts)} original utterances")
     transcripts = _Transcripts(asr, utts)
     plan = Q.plan_quality(config.metrics, quality)
     notes += plan.notes
@@ -332,7 +377,7 @@ def run_benchmark(tokenizers: Sequence[Any], data: str, config: BenchConfig = Be
     rows, records, examples = [], [], []
     for name, tok in toks:
         r, u, e = bench_tokenizer(tok, name, utts, config, transcripts, plan,
-                                  Path(out_dir) if out_dir is not None else None)
+                                  Path(out_dir) if out_dir is not None else None, progress=progress, notes=notes)
         rows += r
         records += u
         examples += e

@@ -74,6 +74,7 @@ class Utterance:
     audio: torch.Tensor
     speaker: str = ""
     seconds: float = 0.0
+    phones: Optional[str] = None  # phone alignment TSV (start_s, end_s, phone), where the data has one
 
 
 def shared_dir() -> Path:
@@ -187,5 +188,5 @@ def load_utterances(recs: list[dict], sample_rate: int) -> list[Utterance]:
     for rec in recs:
         wav, _ = load_audio(rec["audio"], sample_rate=sample_rate, mono=True)
         out.append(Utterance(str(rec["id"]), rec["audio"], rec.get("text"), str(rec.get("source", "")), wav[0],
-                             str(rec.get("speaker", "")), wav.shape[1] / sample_rate))
+                             str(rec.get("speaker", "")), wav.shape[1] / sample_rate, rec.get("phones") or None))
     return out

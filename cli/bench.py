@@ -26,7 +26,7 @@ def _metrics(value: str) -> tuple[str, ...]:
 @click.command("bench")
 @click.argument("tokenizers", nargs=-1)
 @click.option("--data", default=None,
-              help="bench-mini (default: packaged, 24 held-out real speakers), real, tts (../shared), "
+              help="bench-mini (default: packaged, 21 held-out real speakers), real, tts (../shared), "
                    "librispeech-test-clean:/path/to/LibriSpeech/test-clean (the protocol preset), or a manifest "
                    "JSONL ({id, audio, text, source, speaker, duration}).")
 @click.option("-o", "--out", default="bench-results", show_default=True, type=click.Path(file_okay=False),
@@ -39,18 +39,24 @@ def _metrics(value: str) -> tuple[str, ...]:
               help="auto (best installed Whisper: base, else tiny.en, else none), none, whisper:base, whisper:tiny.en, "
                    "hubert-ctc:DIR (transformers HubertForCTC), pocketsphinx, or a CTranslate2 Whisper directory.")
 @click.option("--metrics", "metrics", default="default", show_default=True,
-              help="Quality metrics (comma list of speaker_similarity, dnsmos, visqol, f0), default or none.")
+              help="Quality metrics (comma list of speaker_similarity, dnsmos, visqol, f0), default or none; "
+                   "speaker_similarity:wavlm-sv:DIR scores speakers with a Hugging Face WavLMForXVector directory.")
 @click.option("--examples", type=int, default=3, show_default=True,
-              help="Utterances per (tokenizer, k) saved as WAV (original + resynthesis) under OUT/audio/.")
+              help="Utterances per (tokenizer, k) saved as FLAC (original + resynthesis) under OUT/audio/.")
+@click.option("--abx", "abx_mode", type=click.Choice(["phone", "triphone", "none"]), default="phone",
+              show_default=True,
+              help="Phone ABX (and PNMI) on the data's phone alignments: any-context phone items, "
+                   "within-context triphones (needs many utterances per speaker), or none.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--no-intrusive", is_flag=True, help="Skip STOI and PESQ.")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
-def bench(tokenizers, data, out, max_items, max_seconds, codebooks, asr, metrics, examples, device, no_intrusive,
-          no_plots):
+def bench(tokenizers, data, out, max_items, max_seconds, codebooks, asr, metrics, examples, abx_mode, device,
+          no_intrusive, no_plots):
     """Benchmark TOKENIZERS (built-in names or model directories; default: the default model) on the
     utterances of --data: for each bitrate (number of codebooks) token rate, nominal/entropy bitrate,
     codebook usage, mel/STFT distance, SI-SDR, STOI, PESQ, the quality metrics, WER/CER of the
-    resynthesis and encode/decode speed, per utterance and as means with 95 % CIs."""
+    resynthesis, phone PNMI/ABX of the tokens (data with phone alignments) and encode/decode speed,
+    per utterance and as means with 95 % CIs."""
     from speechtok.benchmarks.report import to_markdown, write_report
     from speechtok.benchmarks.runner import BenchConfig, run_benchmark
     from speechtok.benchmarks.suite import DEFAULT_DATA, resolve_data
@@ -68,8 +74,10 @@ def bench(tokenizers, data, out, max_items, max_seconds, codebooks, asr, metrics
         cfg = BenchConfig(max_items=max_items if max_items is not None else preset.get("max_items", 40),
                           max_seconds=max_seconds if max_seconds is not None else preset.get("max_seconds", 20.0),
                           codebooks=ks, asr=None if asr == "none" else asr, device=device,
-                          intrusive=not no_intrusive, metrics=_metrics(metrics), examples=examples)
-        report = run_benchmark(tokenizers, target, cfg, command=command, suite=suite, out_dir=out)
+                          intrusive=not no_intrusive, metrics=_metrics(metrics), examples=examples,
+                          phones=abx_mode != "none", abx_mode="phone" if abx_mode == "none" else abx_mode)
+        report = run_benchmark(tokenizers, target, cfg, command=command, suite=suite, out_dir=out,
+                               progress=lambda msg: click.echo(f"bench: {msg}", err=True))
         if suite is not None:
             where = {"package": "speechtok/benchmarks/data/", "shared": "shared/"}.get(suite.where, "")
             label = f"{where}{suite.manifest}" if suite.manifest else target

@@ -204,3 +204,11 @@ def test_cli_bench_defaults_run_from_the_package(no_shared, tmp_path):
     assert (out / res["examples"][0]["resynth"]).is_file() and len(res["examples"]) == 2
     assert f"| {DEFAULT_MODEL} | 8 |" in r.output
     assert (out / "report.html").stat().st_size > 1000 and (out / "bitrate_vs_mel.png").read_bytes()[:4] == b"\x89PNG"
+    # the packaged set has phone alignments: PNMI of codebook 0 (same at every k) and phone ABX per k
+    for row in res["rows"]:
+        assert 0 < row["pnmi"] < 1 and 0 <= row["abx_within"] <= 1 and 0 <= row["abx_across"] <= 1
+        lo, hi = row["ci"]["abx_across"]
+        assert lo <= row["abx_across"] <= hi
+        assert row["encode_throughput"] > 0 and row["decode_throughput"] > 0
+    assert res["rows"][0]["pnmi"] == res["rows"][1]["pnmi"] and "ABX within" in r.output
+    assert f"bench: {DEFAULT_MODEL} k=8: scored 2 utterances" in r.output  # progress, on stderr

@@ -248,21 +248,21 @@ def test_per_utterance_records_cis_and_examples(lengths_manifest, tmp_path):
     assert "loudness_ratio" not in orig  # needs a reference: not a score of the original
     notes = " | ".join(report.notes)
     assert "broken skipped: not available here (needs fakepkg)" in notes and "nope skipped: unknown" in notes
-    # examples: the first 2 utterances per (tokenizer, k), 16 kHz WAV, the original saved once
+    # examples: the first 2 utterances per (tokenizer, k), 16 kHz WAV, FLAC, the original saved once
     assert [(e["num_codebooks"], e["id"]) for e in report.examples] == [(1, "v0"), (1, "v1"), (2, "v0"), (2, "v1")]
     for e in report.examples:
         for key in ("original", "resynth"):
             info = sf.info(str(out / e[key]))
             assert info.samplerate == 16000 and info.frames == (16000 if e["id"] == "v0" else 24000)
-    assert report.examples[0]["original"] == report.examples[2]["original"] == "audio/original/v0.wav"
-    assert report.examples[2]["resynth"] == "audio/toy-rsq/k2/v0.wav"
+    assert report.examples[0]["original"] == report.examples[2]["original"] == "audio/original/v0.flac"
+    assert report.examples[2]["resynth"] == "audio/toy-rsq/k2/v0.flac"
     # results.json: version 2, NaN as null, metrics flattened into the rows
     d = json.loads(json.dumps(to_dict(report), allow_nan=False))
     assert d["format_version"] == 2 and {"command", "data", "asr", "config", "environment"} <= set(d)
     row = d["rows"][0]
     assert row["loudness_ratio"] > 0 and row["fails_a"] is None and row["ci"]["wer"] == [0.0, 0.5]
     assert d["utterances"][0]["fails_b"] is None and d["original"]["dnsmos_sig"] == 3.5
-    assert d["examples"][0]["resynth"] == "audio/toy-rsq/k1/v0.wav" and d["notes"] == report.notes
+    assert d["examples"][0]["resynth"] == "audio/toy-rsq/k1/v0.flac" and d["notes"] == report.notes
 
 
 def test_results_json_reader_upgrades_version_1(tmp_path, lengths_manifest):
@@ -368,3 +368,20 @@ def test_whisper_asr_seeds_the_sampler_before_loading(monkeypatch, tmp_path):
     assert [c[0] for c in calls] == ["seed", "load", "transcribe"] and calls[0][1] == WhisperASR.SEED
     kw = calls[2][1]
     assert kw["beam_size"] == 1 and kw["language"] == "en" and "temperature" not in kw  # Whisper's fallback kept
+
+
+def test_phone_metrics_skip_sample_rate_tokens_with_a_note(tmp_path):
+    """A tokenizer whose tokens come at the sample rate (16 kHz) gets no frame-level PNMI/ABX (a
+    DTW over thousands of frames per phone), and the report says so."""
+    from speechtok.benchmarks.suite import PACKAGED_DIR, read_manifest
+
+    recs = read_manifest(str(PACKAGED_DIR / "bench-mini" / "manifest.jsonl"))[:2]
+    assert all(r.get("phones") for r in recs)
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    lines = []
+    report = run_benchmark([ResidualScalar(1)], str(path), BenchConfig(max_items=2, intrusive=False, metrics=()),
+                           asr=EchoASR(), progress=lines.append)
+    assert "pnmi" not in report.rows[0].extra
+    assert any("toy-rsq: phone metrics skipped (16000 Hz tokens" in n for n in report.notes)
+    assert any(line.startswith("toy-rsq k=1: scored 2 utterances") for line in lines)

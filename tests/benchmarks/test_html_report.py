@@ -6,6 +6,7 @@ import base64
 import copy
 import json
 import math
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speechtok.benchmarks.html_report import align_words, log_mel, write_html_report
+from speechtok.benchmarks.html_report import COPY_SCRIPT, align_words, log_mel, write_html_report
 from speechtok.benchmarks.report import METRICS, normalize, pareto_plots, plot_name, to_markdown, write_report
 
 pytest.importorskip("matplotlib", reason="the report's plots need the bench extra")
@@ -29,6 +30,7 @@ class Page(HTMLParser):
     def __init__(self):
         super().__init__(convert_charrefs=True)
         self.tags, self.urls, self.summary_rows, self.examples = [], [], [], []
+        self.audio_ids: dict = {}  # id of an embedded player -> its src (players with data-same copy it)
         self._in_summary = False
         self._text_sink = None
 
@@ -43,8 +45,10 @@ class Page(HTMLParser):
             self.summary_rows[-1].append((a["data-tokenizer"], int(a["data-k"])))
         if tag == "div" and "ex" in (a.get("class") or "").split():
             self.examples.append({"id": a["data-id"], "audio": [], "text": ""})
+        if tag == "audio" and a.get("id"):
+            self.audio_ids[a["id"]] = a["src"]
         if tag == "audio" and self.examples:
-            self.examples[-1]["audio"].append(a["src"])
+            self.examples[-1]["audio"].append(a["src"] if "src" in a else self.audio_ids[a["data-same"]])
 
     def handle_endtag(self, tag):
         if tag == "table":
@@ -130,7 +134,12 @@ def test_report_page(tmp_path):
             assert head == "data:audio/wav;base64" and base64.b64decode(data) == (tmp_path / rel).read_bytes()
     # transcripts, ids, notes and the command are text, never markup
     assert HOSTILE not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
-    assert "script" not in page.tags
+    # the only script is the page's own (copying a shared original's source into its later players)
+    assert page.tags.count("script") == 1 and text.count("<script") == 1 and COPY_SCRIPT in text
+    # each original is embedded once although every tokenizer's card plays it
+    for rel in {ex["original"] for ex in results["examples"]}:
+        assert text.count(base64.b64encode((tmp_path / rel).read_bytes()).decode()) == 1
+    assert text.count("data-same=") == len(results["examples"]) - 2
     card = page.examples[0]["text"]
     assert "the cat sat on the mat" in card and f"dog sat on the mat {HOSTILE}" in card  # "the" shown struck through
     assert '<span class="sub" title="reference: cat">dog</span>' in text and '<del title="deleted">the</del>' in text
@@ -211,3 +220,10 @@ def test_screenshot_in_headless_chromium(tmp_path):
     assert px.std() > 10  # not a blank page
     # rendered content (table, plots, cards) reaches well down the page, not only the title
     assert (px[1000:] < 200).mean() > 0.01
+    # after the page's script ran, every player has its audio (shared originals copied in)
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
+                         check=True, capture_output=True, timeout=150, text=True).stdout
+    players = re.findall(r"<audio[^>]*>", dom)
+    assert len(players) == 2 * len(_results(tmp_path)["examples"])
+    assert all(re.search(r'src="data:audio/wav;base64,', p) for p in players)

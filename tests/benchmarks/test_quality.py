@@ -98,6 +98,16 @@ def test_speaker_similarity_wavlm_sv_directory(tmp_path, speech):
         Q.speaker_similarity(speech, speech, SR, model=f"wavlm-sv:{tmp_path / 'missing'}")
     with pytest.raises(ValueError, match="unknown speaker model"):
         Q.speaker_similarity(speech, speech, SR, model="ecapa")
+    # the bench names it speaker_similarity:wavlm-sv:DIR; same key, same numbers
+    from speechtok.benchmarks.bench_quality import plan_quality, score
+
+    noisy = white_noise(speech, 0.0)
+    plan = plan_quality([f"speaker_similarity:{model}"])
+    assert [s.name for s in plan.specs] == ["speaker_similarity"] and not plan.notes
+    assert score(plan.specs[0], speech, noisy, SR) == {
+        "speaker_similarity": pytest.approx(Q.speaker_similarity(speech, noisy, SR, model=model), abs=1e-6)}
+    assert Q.metric_spec("speaker_similarity:ecapa") is None and Q.metric_spec("dnsmos:x") is None
+    assert "unknown quality metric" in plan_quality(["speaker_similarity:ecapa"]).notes[0]
 
 
 # -------------------------------------------------------------------------------------------- DNSMOS
