@@ -184,11 +184,13 @@ def to_markdown(report: Union[dict, BenchReport]) -> str:
                  f"h/core-h: hours of audio per CPU-core-hour (1 / (RTF x {d['environment'].get('cpu_threads', '?')} "
                  "threads)). ")
               + "Peak MB: CUDA peak allocated on GPU, process peak RSS on CPU. "
-              "used: fraction of codebook entries used (mean over codebooks). "
-              "PNMI cb0: phone-normalised mutual information of the first codebook's codes (speech frames); "
-              "ABX: phone ABX error of the first k codebooks as one-hot frames "
-              f"({cfg.get('abx_mode', 'phone')} items; chance 50 %), within and across speakers "
-              "(`speechtok.benchmarks.bench_phones`).", ""]
+              "used: fraction of codebook entries used (mean over codebooks)."
+              + (" PNMI cb0: phone-normalised mutual information of the first codebook's codes (speech frames); "
+                 "ABX: phone ABX error of the first k codebooks as one-hot frames "
+                 f"({cfg.get('abx_mode', 'phone')} items; chance 50 %), within and across speakers "
+                 "(`speechtok.benchmarks.bench_phones`)."
+                 if any(value(r, m) is not None for r in rows for m in ("pnmi", "abx_within", "abx_across")) else ""),
+              ""]
     for note in d["notes"]:
         lines.append(f"- {note}")
     return "\n".join(lines)

@@ -90,3 +90,17 @@ def test_no_alignments_give_nan_and_a_bad_mode_is_refused():
     assert all(math.isnan(v) for v in means.values()) and counts["utterances"] == 0
     with pytest.raises(ValueError, match="ABX mode"):
         phone_scores([], [], {}, FR, 1, mode="diphone")
+
+
+def test_a_bad_alignment_file_is_a_one_line_error_naming_it(tmp_path):
+    from types import SimpleNamespace
+
+    from speechtok.benchmarks.bench_phones import load_alignments
+
+    bad = tmp_path / "u.phones.tsv"
+    bad.write_text("0.0\tnot-a-number\tAH\n")
+    with pytest.raises(ValueError, match=f"{bad}: not a phone alignment"):
+        load_alignments([SimpleNamespace(id="u", speaker="s", phones=str(bad))])
+    with pytest.raises(ValueError, match="missing.tsv: not a phone alignment"):
+        load_alignments([SimpleNamespace(id="u", speaker="s", phones=str(tmp_path / "missing.tsv"))])
+    assert load_alignments([SimpleNamespace(id="u", speaker="s", phones=None)]) == {}
