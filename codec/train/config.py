@@ -189,16 +189,21 @@ class DistillConfig:
 
     loss: ``"frame_cosine"`` (Mimi: 1 - cos per frame) or ``"dim_cosine"`` (SpeechTokenizer's
     D-axis loss: -log sigmoid(cos over time per feature dimension)).
+    target_norm: ``"none"`` (raw teacher states) or ``"utterance"`` (each crop's teacher states
+    standardized per dimension over its frames, `speechtok.codec.distill.standardize`).
     """
 
     teacher: Optional[TeacherConfig] = None
     weight: float = 1.0
     loss: str = "frame_cosine"
+    target_norm: str = "none"
 
     def __post_init__(self):
         _check_ranges(self, {"weight": (0.0, INF)})
         if self.loss not in ("frame_cosine", "dim_cosine"):
             raise TrainConfigError(f"loss must be 'frame_cosine' or 'dim_cosine', got {self.loss!r}")
+        if self.target_norm not in ("none", "utterance"):
+            raise TrainConfigError(f"target_norm must be 'none' or 'utterance', got {self.target_norm!r}")
 
 
 @dataclass(frozen=True)

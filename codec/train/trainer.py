@@ -257,7 +257,7 @@ class CodecTrainer:
             target, valid = align_features(_to(tf, y.device), pred.shape[1], self.frame_rate)
             fmask = torch.arange(pred.shape[1], device=y.device)[None, :] < \
                 ((lengths + self.hop - 1) // self.hop)[:, None]
-            losses["distill"] = distill_loss(pred, target, valid & fmask, cfg.distill.loss)
+            losses["distill"] = distill_loss(pred, target, valid & fmask, cfg.distill.loss, cfg.distill.target_norm)
             total = total + cfg.distill.weight * losses["distill"]
         losses["total"] = total
         norms["grad_norm_g"] = self._backward_step(total, self.opt_g, self.step_module.parameters(),

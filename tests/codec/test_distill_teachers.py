@@ -60,6 +60,31 @@ def test_cosine_losses():
         distill_loss(x, x, m, "l2")
 
 
+def test_standardized_targets_take_the_constant_away():
+    """Teacher states with a large shared direction: predicting that constant wins a raw frame
+    cosine but scores ~1 (cosine 0) against per-utterance standardized targets, where the
+    standardized content itself scores 0. Padded frames neither count nor enter the statistics."""
+    from speechtok.codec.distill import standardize
+
+    torch.manual_seed(0)
+    content = torch.randn(2, 40, 8)
+    offset = 4.0 * torch.randn(1, 1, 8)
+    target = content + offset
+    m = torch.ones(2, 40, dtype=torch.bool)
+    constant = offset.expand_as(target)
+    assert float(distill_loss(constant, target, m)) < 0.1
+    assert float(distill_loss(constant, target, m, target_norm="utterance")) == pytest.approx(1.0, abs=0.1)
+    z = standardize(target, m)
+    torch.testing.assert_close(z.mean(1), torch.zeros(2, 8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(1, unbiased=False), torch.ones(2, 8), atol=1e-4, rtol=0)
+    assert float(distill_loss(z, target, m, target_norm="utterance")) == pytest.approx(0.0, abs=1e-5)
+    padded = torch.cat([target, 1e3 * torch.ones(2, 5, 8)], 1)
+    mp = torch.cat([m, torch.zeros(2, 5, dtype=torch.bool)], 1)
+    torch.testing.assert_close(standardize(padded, mp)[:, :40], z)
+    with pytest.raises(ValueError, match="target_norm"):
+        distill_loss(z, target, m, target_norm="global")
+
+
 def test_head_learns_a_linear_teacher():
     torch.manual_seed(0)
     latent = torch.randn(4, 10, 6)

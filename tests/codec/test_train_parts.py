@@ -52,6 +52,7 @@ def test_config_json_and_yaml_roundtrip(tmp_path):
     ({"format_version": 99}, "format_version"),
     ({"quantize_prob": 1.5}, "quantize_prob"),
     ({"distill": {"loss": "l2"}}, "distill.loss"),
+    ({"distill": {"target_norm": "global"}}, "distill.target_norm"),
     ({"loss": {"mel_windows": [32], "mel_bins": [5, 10]}}, "mel_bins"),
 ])
 def test_config_errors_name_the_key_and_file(tmp_path, bad, match):

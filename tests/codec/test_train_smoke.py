@@ -312,3 +312,13 @@ def test_autoencoder_warmup_then_kmeans_on_current_latents(tmp_path, one_thread,
     assert resumed.state.step == 3
     out = resumed.fit()
     assert [r.losses["total"] for r in out] == [r.losses["total"] for r in straight[3:]]
+
+
+def test_distill_target_norm_reaches_the_loss(tmp_path, one_thread):
+    """The trainer's distillation loss is the one of `cfg.distill.target_norm` on the same batch."""
+    manifest = make_corpus(tmp_path / "data")
+    base = tiny_config(manifest, steps=1)
+    raw = CodecTrainer(base, tmp_path / "a").fit()[0].losses["distill"]
+    cfg = base.replace(distill=DistillConfig(teacher=base.distill.teacher, target_norm="utterance"))
+    normed = CodecTrainer(cfg, tmp_path / "b").fit()[0].losses["distill"]
+    assert np.isfinite(normed) and normed != raw
