@@ -32,7 +32,6 @@ import torch
 from . import phone_metrics as P
 
 PHONE_KEYS = ("pnmi", "abx_within", "abx_across")
-HIGHER_IS_BETTER = {"pnmi": True, "abx_within": False, "abx_across": False}
 ABX_MODES = ("phone", "triphone")
 
 
@@ -59,49 +58,46 @@ def load_alignments(utts: Sequence) -> dict[str, Alignment]:
     return out
 
 
-def phone_scores(codes: Sequence[np.ndarray], ids: Sequence[str], alignments: dict[str, Alignment],
-                 frame_rate: float, k: int, *, mode: str = "phone", bootstrap: int = 200, seed: int = 0,
-                 pnmi_cache: Optional[dict] = None) -> tuple[dict, dict, dict]:
-    """``(means, ci, counts)`` of `PHONE_KEYS` for ``codes[i] [K, T_i]`` (integer codes of utterance
-    ``ids[i]`` at ``frame_rate`` Hz), using the first ``k`` codebooks for ABX.
-
-    Keys are NaN when no utterance has an alignment or ABX has no cell; ``counts``: utterances,
-    labelled speech frames, ABX items and triplets. ``pnmi_cache`` (a dict kept across the calls
-    of one tokenizer) saves recomputing the first codebook's PNMI for every ``k``."""
-    if mode not in ABX_MODES:
-        raise ValueError(f"ABX mode {mode!r}: expected one of {', '.join(ABX_MODES)}")
+def pnmi_score(codes: Sequence[np.ndarray], ids: Sequence[str], alignments: dict[str, Alignment],
+               frame_rate: float, *, bootstrap: int = 200, seed: int = 0) -> tuple[float, tuple, int]:
+    """``(pnmi, 95 % interval, labelled speech frames)`` of the first codebook of ``codes[i] [K, T_i]``
+    (utterance ``ids[i]``, ``frame_rate`` Hz) against the alignments; NaN without labelled frames."""
     nan = float("nan")
-    means, ci = {key: nan for key in PHONE_KEYS}, {key: (nan, nan) for key in PHONE_KEYS}
-    have = [(c, alignments[i]) for c, i in zip(codes, ids) if i in alignments]
-    counts = {"utterances": len(have), "frames": 0, "abx_items": 0, "abx_triplets_within": 0,
-              "abx_triplets_across": 0}
-    if not have:
-        return means, ci, counts
-    offset = 0.5 / frame_rate
-    if pnmi_cache is not None and "pnmi" in pnmi_cache:
-        means["pnmi"], ci["pnmi"], counts["frames"] = pnmi_cache["pnmi"]
-    else:
-        labels, units = [], []
-        for c, a in have:
-            lab = P.frame_labels(list(a.phones), c.shape[1], frame_rate, offset)
+    labels, units = [], []
+    for c, i in zip(codes, ids):
+        if i in alignments:
+            lab = P.frame_labels(list(alignments[i].phones), c.shape[1], frame_rate, 0.5 / frame_rate)
             keep = P.speech_mask(lab)
             labels.append(lab[keep])
             units.append(np.asarray(c[0])[keep])
-        n = sum(len(x) for x in labels)
-        if n:
-            est = P.pnmi_purity(np.concatenate(labels), np.concatenate(units))["pnmi"]
-            sd = P.bootstrap_pnmi(labels, units, n=bootstrap, seed=seed) if bootstrap and len(have) > 1 else nan
-            means["pnmi"], ci["pnmi"] = est, (est - 1.96 * sd, est + 1.96 * sd)
-        counts["frames"] = n
-        if pnmi_cache is not None:
-            pnmi_cache["pnmi"] = (means["pnmi"], ci["pnmi"], n)
+    n = sum(len(x) for x in labels)
+    if not n:
+        return nan, (nan, nan), 0
+    est = P.pnmi_purity(np.concatenate(labels), np.concatenate(units))["pnmi"]
+    sd = P.bootstrap_pnmi(labels, units, n=bootstrap, seed=seed) if bootstrap and len(labels) > 1 else nan
+    return est, (est - 1.96 * sd, est + 1.96 * sd), n
+
+
+def abx_scores(codes: Sequence[np.ndarray], ids: Sequence[str], alignments: dict[str, Alignment],
+               frame_rate: float, k: int, *, mode: str = "phone", bootstrap: int = 200, seed: int = 0
+               ) -> tuple[dict, dict, dict]:
+    """``(means, ci, counts)`` of ``abx_within``/``abx_across`` of the first ``k`` codebooks as
+    one-hot frames; NaN where ABX has no cell. ``counts``: ABX items and triplets."""
+    if mode not in ABX_MODES:
+        raise ValueError(f"ABX mode {mode!r}: expected one of {', '.join(ABX_MODES)}")
+    nan = float("nan")
+    means, ci = {"abx_within": nan, "abx_across": nan}, {"abx_within": (nan, nan), "abx_across": (nan, nan)}
+    counts = {"abx_items": 0, "abx_triplets_within": 0, "abx_triplets_across": 0}
     items, segs = [], []
     make = P.phone_items if mode == "phone" else P.triphone_items
-    for c, a in have:
+    for c, i in zip(codes, ids):
+        if i not in alignments:
+            continue
+        a = alignments[i]
         feats = torch.from_numpy(np.ascontiguousarray(np.asarray(c[:k]).T)).long()  # [T, k]
         for it in make(list(a.phones), a.id, a.speaker):
             items.append(it)
-            segs.append(P.item_frames(feats, it, frame_rate, offset))
+            segs.append(P.item_frames(feats, it, frame_rate, 0.5 / frame_rate))
     if not items:
         return means, ci, counts
     cells = P.abx_cells(items, segs, seed=seed, distance=P.code_distances)
@@ -113,3 +109,16 @@ def phone_scores(codes: Sequence[np.ndarray], ids: Sequence[str], alignments: di
         if bootstrap and not math.isnan(score):
             ci[f"abx_{m}"] = P.bootstrap_abx(cells[m], n=bootstrap, seed=seed)
     return means, ci, counts
+
+
+def phone_scores(codes: Sequence[np.ndarray], ids: Sequence[str], alignments: dict[str, Alignment],
+                 frame_rate: float, k: int, *, mode: str = "phone", bootstrap: int = 200, seed: int = 0
+                 ) -> tuple[dict, dict, dict]:
+    """`pnmi_score` and `abx_scores` together: ``(means, ci, counts)`` of `PHONE_KEYS`, with
+    ``counts`` also giving the utterances with an alignment and the labelled speech frames."""
+    if mode not in ABX_MODES:
+        raise ValueError(f"ABX mode {mode!r}: expected one of {', '.join(ABX_MODES)}")
+    pnmi, pci, frames = pnmi_score(codes, ids, alignments, frame_rate, bootstrap=bootstrap, seed=seed)
+    means, ci, counts = abx_scores(codes, ids, alignments, frame_rate, k, mode=mode, bootstrap=bootstrap, seed=seed)
+    counts = {"utterances": sum(i in alignments for i in ids), "frames": frames, **counts}
+    return {"pnmi": pnmi, **means}, {"pnmi": pci, **ci}, counts

@@ -327,8 +327,10 @@ def metric_spec(name: str) -> Optional[MetricSpec]:
 def available(name: str) -> bool:
     """Whether the backend of quality metric `name` imports (False: skip it, naming `requires`)."""
     spec = metric_spec(name)
+    if spec is None:
+        return False
     try:
         _require(spec.requires, name)
-    except (ImportError, AttributeError):
+    except ImportError:
         return False
     return True

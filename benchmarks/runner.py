@@ -196,9 +196,11 @@ def _base_record(u: Utterance) -> dict:
 def bench_tokenizer(tok: Any, name: str, utts: Sequence[Utterance], config: BenchConfig,
                     transcripts: _Transcripts, plan: Optional[Q.QualityPlan] = None,
                     out_dir: Optional[Path] = None, progress: Optional[Callable[[str], None]] = None,
-                    notes: Optional[list] = None) -> tuple[list[BenchRow], list[dict], list[dict]]:
+                    notes: Optional[list] = None, alignments: Optional[dict] = None,
+                    ) -> tuple[list[BenchRow], list[dict], list[dict]]:
     """Rows, per-utterance records and saved examples of one tokenizer (see the module docstring);
-    ``progress`` gets a line per stage (encoding, each k scored), ``notes`` what was skipped."""
+    ``progress`` gets a line per stage (encoding, each k scored), ``notes`` what was skipped;
+    ``alignments``: `bench_phones.load_alignments` of ``utts`` (None: read here if ``config.phones``)."""
     from speechtok.audio import save_audio
 
     plan = plan or Q.QualityPlan()
@@ -225,7 +227,7 @@ def bench_tokenizer(tok: Any, name: str, utts: Sequence[Utterance], config: Benc
     can_decode = bool(getattr(tok, "can_decode", hasattr(tok, "decode")))
     keys = [k for k in SIGNAL_METRICS if config.intrusive or k not in ("stoi", "pesq")] + plan.keys
     rows, records, examples = [], [], []
-    align = PH.load_alignments(utts) if config.phones else {}
+    align = (PH.load_alignments(utts) if alignments is None else alignments) if config.phones else {}
     if align and float(encoded[0].frame_rate) > MAX_PHONE_FRAME_RATE:
         msg = (f"{name}: phone metrics skipped ({float(encoded[0].frame_rate):g} Hz tokens; frame-level PNMI and "
                f"ABX are for token rates up to {MAX_PHONE_FRAME_RATE:g} Hz)")
@@ -234,7 +236,9 @@ def bench_tokenizer(tok: Any, name: str, utts: Sequence[Utterance], config: Benc
             notes.append(msg)
         align = {}
     code_arrays = [c.codes[0, :, : int(c.lengths[0])].cpu().numpy() for c in encoded] if align else []
-    pnmi_cache: dict = {}
+    ids = [u.id for u in utts]
+    fr = float(encoded[0].frame_rate)
+    pnmi = PH.pnmi_score(code_arrays, ids, align, fr) if align else None  # first codebook: the same for every k
     threads = 1 if str(device).startswith("cuda") else torch.get_num_threads()
     for k in codebook_levels(K, config.codebooks):
         sizes = encoded[0].codebook_sizes[:k]
@@ -281,8 +285,8 @@ def bench_tokenizer(tok: Any, name: str, utts: Sequence[Utterance], config: Benc
         means, ci = _summary(recs, keys)
         phone_keys = []
         if align:
-            pm, pci, _ = PH.phone_scores(code_arrays, [u.id for u in utts], align, float(encoded[0].frame_rate), k,
-                                         mode=config.abx_mode, pnmi_cache=pnmi_cache)
+            pm, pci, _ = PH.abx_scores(code_arrays, ids, align, fr, k, mode=config.abx_mode)
+            pm["pnmi"], pci["pnmi"] = pnmi[0], pnmi[1]
             means.update(pm)
             ci.update(pci)
             phone_keys = list(PH.PHONE_KEYS)
@@ -374,10 +378,12 @@ def run_benchmark(tokenizers: Sequence[Any], data: str, config: BenchConfig = Be
     if out_dir is None and config.examples:
         notes.append("examples not saved (no output folder)")
     original = _original(utts, transcripts, plan, config)
+    alignments = PH.load_alignments(utts) if config.phones else {}  # read once for all tokenizers
     rows, records, examples = [], [], []
     for name, tok in toks:
         r, u, e = bench_tokenizer(tok, name, utts, config, transcripts, plan,
-                                  Path(out_dir) if out_dir is not None else None, progress=progress, notes=notes)
+                                  Path(out_dir) if out_dir is not None else None, progress=progress, notes=notes,
+                                  alignments=alignments)
         rows += r
         records += u
         examples += e
