@@ -7,9 +7,12 @@
         codes = s.flush()                     # the last, zero-padded partial frame (if any)
 
 Exactness: the model runs only on whole frames (partial frames wait in the session), every
-module carries its left context, so the streamed codes are those of offline encoding of the
-concatenated audio zero-padded to a whole number of frames, and the decoded audio is the
-offline decode (float differences only, ~1e-6, from different matrix shapes per call).
+module carries its left context, so the streamed codes are, in exact arithmetic, those of
+offline encoding of the concatenated audio zero-padded to a whole number of frames. In float32
+the calls have other matrix shapes than offline windows, so values differ by rounding (~1e-7
+relative): codes agree except at near-ties of the nearest-code search
+(`CodecTokenizer.code_margins`; measured by benchmarks/exactness.py), and the decoded audio is
+the offline decode within ~1e-6.
 
 Items restart independently with ``reset(mask)`` at a frame boundary (no partial frame pending).
 """

@@ -1,9 +1,8 @@
 """`CodecTokenizer`: the codec as a speechtok tokenizer (what the CLI and `speechtok.load` see).
 
 Frames: an item of ``L`` samples gives ``ceil(L / hop)`` frames; its audio is zero-padded to a
-whole number of frames (exactly what a stream's ``flush`` does), so a padded batch gives, frame
-for frame, the per-item codes (the model is causal: padding after an item never reaches its
-frames). Long inputs are processed in windows of ``cfg.window_frames`` frames with the streaming
+whole number of frames (exactly what a stream's ``flush`` does). Each item of a padded batch runs
+alone (`CodecTokenizer._encode`), so its codes are the per-item codes bitwise. Long inputs are processed in windows of ``cfg.window_frames`` frames with the streaming
 state carried over, so memory stays constant with duration and the result is the streamed one.
 
 Saved form: a speechtok model directory (``config.json`` kind ``"codec"`` + ``model.safetensors``).
@@ -21,7 +20,7 @@ import torch
 
 from speechtok.codes import Codes
 from speechtok.formats import read_safetensors_header
-from speechtok.protocol import BaseTokenizer, Waveform, length_mask
+from speechtok.protocol import BaseTokenizer, Waveform, as_audio_tensor, length_mask, prepare_audio
 
 from .build import build_codec
 from .config import CodecConfig, config_from_dict
@@ -79,6 +78,10 @@ class CodecTokenizer(BaseTokenizer):
         self.codebook_sizes = (cfg.quantizer.codebook_size,) * cfg.quantizer.n_q
         self.n_semantic = int(cfg.quantizer.n_semantic)
         self._weights_hash = weights_hash
+        # True: each item of a padded batch runs alone (bitwise the per-item codes, at any size).
+        # False: one padded batch through the model (for GPUs, where batching pays; codes then
+        # equal per-item codes only up to near-ties, see `code_margins`).
+        self.per_item_batches = True
 
     @classmethod
     def from_config(cls, cfg: CodecConfig, name: Optional[str] = None, seed: Optional[int] = None) -> "CodecTokenizer":
@@ -145,15 +148,77 @@ class CodecTokenizer(BaseTokenizer):
         return (lengths + self.hop_length - 1) // self.hop_length
 
     def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> Codes:
-        B, C, S = wav.shape
+        """Each item runs alone, on its own frames (`_encode_item`): its codes are those of
+        encoding it by itself, bitwise, whatever else is in the batch. A padded batch through
+        the model would not give that at every size: matrix kernels pick their blocking from
+        the whole shape, so an item's float rounding depends on its batch-mates and on the
+        padded length, and at Mimi's 32 codebooks such differences flip near-tie codes
+        (`code_margins`). On CPU the per-item loop is also the faster one: no padded frames are
+        computed (benchmarks/exactness.py)."""
         frames = self.num_frames(lengths)
+        if not self.per_item_batches:
+            return self._encode_padded(wav, frames, lengths)
+        B = wav.shape[0]
+        K = self.model.cfg.quantizer.n_q
         T = int(frames.max()) if B else 0
+        codes = torch.full((B, K, T), -1, dtype=torch.long)
+        for i in range(B):
+            n = int(frames[i])
+            if n:
+                codes[i, :, :n] = self._encode_item(wav[i:i + 1], n).cpu()
+        return self.make_codes(codes, frames, audio_lengths=lengths.clone())
+
+    def _encode_padded(self, wav: torch.Tensor, frames: torch.Tensor, lengths: torch.Tensor) -> Codes:
+        """The whole padded batch through one stream (``per_item_batches = False``)."""
+        T = int(frames.max()) if wav.shape[0] else 0
         wav = wav[..., : T * self.hop_length]
         if wav.shape[-1] < T * self.hop_length:
             wav = torch.nn.functional.pad(wav, (0, T * self.hop_length - wav.shape[-1]))
-        with self.stream(B) as s:  # windows of cfg.window_frames frames, state carried over
+        with self.stream(wav.shape[0]) as s:
             codes = s.encode(wav)
         return self.make_codes(codes, frames, audio_lengths=lengths.clone())
+
+    def _encode_item(self, wav: torch.Tensor, frames: int, margins: bool = False):
+        """One item ``[1, C, >= 0]`` -> codes ``[1, K, frames]`` (its audio cut or zero-padded to
+        whole frames), through a stream in ``window_frames`` windows; with ``margins`` also the
+        near-tie margins ``[1, K, frames]`` of exactly those codes."""
+        S = frames * self.hop_length
+        wav = wav[..., :S]
+        if wav.shape[-1] < S:
+            wav = torch.nn.functional.pad(wav, (0, S - wav.shape[-1]))
+        if not margins:
+            with self.stream(1) as s:
+                return s.encode(wav)
+        model, step = self.model, self.cfg.window_frames * self.hop_length
+        state = model.init_encoder_state(1)
+        codes, gaps = [], []
+        with torch.inference_mode():  # the same calls as CodecStream._encode_frames
+            for start in range(0, S, step):
+                z = model.encode_latent(wav[..., start:start + step].to(next(model.parameters()).device), state)
+                c = model.quantizer.encode(z, None, None)
+                codes.append(c)
+                gaps.append(model.quantizer.code_margins(z, c))
+        return torch.cat(codes, dim=-1), torch.cat(gaps, dim=-1)
+
+    @torch.inference_mode()
+    def code_margins(self, audio: torch.Tensor, sample_rate: int, lengths: Optional[torch.Tensor] = None):
+        """Codes and how close each one was to a tie: ``(Codes, margins)``, margins float
+        ``[B, K, T]`` (`kmeans.code_margins`; NaN at padding). A code with a margin near float
+        rounding (below ~1e-5) may differ when the same audio is streamed in other chunks or
+        computed on other hardware; codes above it do not move. Inputs as for ``encode``."""
+        codes = self.encode(audio, sample_rate=sample_rate, lengths=lengths)
+        wav, lengths = prepare_audio(as_audio_tensor(audio).to(self.device), sample_rate, self.sample_rate,
+                                     self.channels, lengths)
+        frames = self.num_frames(lengths)
+        out = torch.full(codes.codes.shape, float("nan"))
+        for i in range(wav.shape[0]):
+            n = int(frames[i])
+            if n:
+                c, m = self._encode_item(wav[i:i + 1], n, margins=True)
+                if not torch.equal(c.cpu(), codes.codes[i:i + 1, :, :n]):
+                    raise RuntimeError("code_margins: the margin pass did not reproduce encode's codes")
+                out[i, :, :n] = m[0].cpu()
+        return codes, out
 
     def _decode(self, codes: Codes) -> Waveform:
         c = codes.codes.clamp(min=0)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kmeans import kmeans, nearest
+from .kmeans import code_margins, kmeans, nearest
 from .metrics import codebook_metrics
 from .policy import DeadCodePolicy, KMeansInit
 
@@ -156,6 +156,14 @@ class _Codebook(nn.Module):
             if self.spherical:
                 return nearest(F.normalize(z, dim=1), search, cosine=True)
             return nearest(z, table, half_sq=search)
+
+    def margins(self, z: torch.Tensor) -> torch.Tensor:
+        """`code_margins` of ``encode(z)``: ``z`` ``[N, Dc]`` -> float ``[N]`` (small: a near-tie)."""
+        with torch.no_grad():
+            table, search = self._lookup()
+            if self.spherical:
+                return code_margins(F.normalize(z, dim=1), search, cosine=True)
+            return code_margins(z, table, half_sq=search)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Code vectors: int64 ``[...]`` -> ``[..., Dc]``."""

@@ -45,6 +45,43 @@ def nearest(x: torch.Tensor, codebook: torch.Tensor, cosine: bool = False,
     return torch.cat(out)
 
 
+def code_margins(x: torch.Tensor, codebook: torch.Tensor, cosine: bool = False,
+                 half_sq: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """How close each row's nearest-code choice is to a tie: the gap between the best and the
+    second-best score of `nearest`, relative to the size of the terms compared.
+
+    Euclidean: scores ``s_j = 0.5 |c_j|^2 - x.c_j`` (half the squared distance, less ``0.5 |x|^2``),
+    margin ``(s_2nd - s_best) / (0.5 |x|^2 + 0.5 |c_best|^2)``; the denominator bounds every term
+    of the score, so float32 rounding moves the margin by about ``1e-7 x D``. Cosine (normalised
+    inputs): ``x.c_best - x.c_2nd``. A margin near float rounding (``< 1e-5``) is a near-tie:
+    the code can flip when the same input is computed with other matrix shapes.
+
+    Returns float ``[N]`` (``inf`` with a single code).
+    """
+    if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
+        raise ValueError(f"code_margins expects x [N, D] and codebook [K, D], got {tuple(x.shape)} and {tuple(codebook.shape)}")
+    x = x.to(codebook.dtype)
+    if codebook.shape[0] < 2:
+        return torch.full((x.shape[0],), float("inf"), device=x.device)
+    if not cosine and half_sq is None:
+        half_sq = 0.5 * codebook.pow(2).sum(dim=1)
+    step = max(1, _MAX_ELEMENTS // max(1, codebook.shape[0]))
+    out = []
+    for start in range(0, x.shape[0], step):
+        rows = x[start:start + step]
+        scores = rows @ codebook.t()
+        if cosine:
+            top = scores.topk(2, dim=1).values
+            out.append(top[:, 0] - top[:, 1])
+        else:
+            top = (half_sq - scores).topk(2, dim=1, largest=False)
+            scale = 0.5 * rows.pow(2).sum(dim=1) + half_sq[top.indices[:, 0]]
+            out.append((top.values[:, 1] - top.values[:, 0]) / scale.clamp_min(torch.finfo(scale.dtype).tiny))
+    if not out:
+        return torch.zeros(0, device=x.device)
+    return torch.cat(out)
+
+
 @dataclass(frozen=True)
 class KMeansResult:
     """Centroids ``[K, D]`` and the number of vectors ``[K]`` (float) nearest to each."""

@@ -178,6 +178,17 @@ class ResidualVQ(nn.Module):
             codes[:, i] = c.view(B, T)
         return codes.masked_fill(~mask[:, None, :], -1)
 
+    @torch.no_grad()
+    def code_margins(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Near-tie margins of ``codes = encode(x)`` ``[B, k, T]``: float ``[B, k, T]``, codebook
+        ``i``'s margin on the residual its choice was made from (after codebooks ``< i``)."""
+        residual = self._in(x)
+        out = []
+        for i, layer in enumerate(self.layers[: codes.shape[1]]):
+            out.append(layer.code_margins(residual))
+            residual = residual - layer.decode(codes[:, i:i + 1])
+        return torch.cat(out, dim=1)
+
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Latent ``[B, input_dim, T]`` of codes ``[B, k, T]`` (the first ``k <= n_q`` codebooks; -1 decodes to 0)."""
         if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.n_q:
@@ -259,6 +270,14 @@ class SplitResidualVQ(nn.Module):
         if n_ac > 0:
             codes.append(self.acoustic_rvq.encode(x, mask, n_ac))
         return torch.cat(codes, dim=1)
+
+    @torch.no_grad()
+    def code_margins(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Near-tie margins of ``codes = encode(x)`` ``[B, k, T]`` (semantic first): float ``[B, k, T]``."""
+        out = [self.semantic_rvq.code_margins(x, codes[:, : self.n_semantic])]
+        if codes.shape[1] > self.n_semantic:
+            out.append(self.acoustic_rvq.code_margins(x, codes[:, self.n_semantic:]))
+        return torch.cat(out, dim=1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Latent ``[B, input_dim, T]`` of codes ``[B, k, T]`` (first ``k <= n_q``; -1 decodes to 0)."""

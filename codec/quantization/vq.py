@@ -164,6 +164,13 @@ class VectorQuantizer(nn.Module):
         codes = self.codebook.encode(self._project_in(x)).reshape(x.shape[0], 1, x.shape[2])
         return codes.masked_fill(~mask[:, None, :], -1)
 
+    @torch.no_grad()
+    def code_margins(self, x: torch.Tensor, codes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Near-tie margins (`kmeans.code_margins`) of ``encode(x)``: ``x`` ``[B, D, T]`` -> float
+        ``[B, 1, T]`` (``codes`` is not needed: one codebook; accepted as in the residual quantizers)."""
+        check_latent(x, None, self.dim, "VectorQuantizer.code_margins")
+        return self.codebook.margins(self._project_in(x)).reshape(x.shape[0], 1, x.shape[2])
+
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Latent ``[B, D, T]`` of codes ``[B, 1, T]`` (or ``[B, T]``); frames with code -1 decode to 0."""
         if codes.dim() == 3:
