@@ -15,6 +15,7 @@ Measured:
   (``tok.per_item_batches = False``, how encoding ran before) for comparison;
 - **streamed**: files streamed in random chunk sizes against offline encoding; every differing
   frame's first differing codebook is looked up in `CodecTokenizer.code_margins` (near-tie or not);
+  the same chunks through an aligned stream (``tok.stream(1, aligned=True)``), which must be exact;
 - **long file**: all files concatenated (~1.5 min) through ``encode_file`` in random block sizes,
   against ``encode`` of the whole;
 - **cost**: audio seconds encoded per second, per-item (the exact path) vs one padded batch.
@@ -106,24 +107,32 @@ def check_batches(tok, speech, compositions: int, rng: random.Random) -> dict:
             "padded_batch_audio_s_per_s": round(seconds / t_padded, 2)}
 
 
+def stream_codes(tok, w: torch.Tensor, sizes: list[int], aligned: bool) -> torch.Tensor:
+    """``w`` ``[C, S]`` streamed in chunks of ``sizes`` samples -> codes ``[K, T]``."""
+    parts, pos = [], 0
+    with tok.stream(1, aligned=aligned) as s:
+        for n in sizes:
+            parts.append(s.encode(w[None, :, pos:pos + n]))
+            pos += n
+        parts.append(s.flush())
+    return torch.cat(parts, dim=-1)[0]
+
+
 def check_streaming(tok, speech, n_files: int, rng: random.Random) -> dict:
     hop = tok.hop_length
-    total = diff = frames_diff = near = 0
+    total = diff = frames_diff = near = aligned_diff = 0
     worst_margin = 0.0
     chunkings = []
     for name, w in rng.sample(speech, min(n_files, len(speech))):
         codes, margins = tok.code_margins(w, sample_rate=tok.sample_rate)
         ref = codes.codes[0]
         hi = rng.choice([hop // 3, hop, 4 * hop, 20 * hop])
-        parts, pos, sizes = [], 0, []
-        with tok.stream(1) as s:
-            while pos < w.shape[-1]:
-                n = rng.randint(1, hi)
-                sizes.append(n)
-                parts.append(s.encode(w[None, :, pos:pos + n]))
-                pos += n
-            parts.append(s.flush())
-        streamed = torch.cat(parts, dim=-1)[0]
+        sizes, pos = [], 0
+        while pos < w.shape[-1]:
+            sizes.append(rng.randint(1, hi))
+            pos += sizes[-1]
+        streamed = stream_codes(tok, w, sizes, aligned=False)
+        aligned_diff += count_diff(stream_codes(tok, w, sizes, aligned=True), ref)
         chunkings.append({"file": name, "chunks": len(sizes), "max_chunk_samples": hi})
         total += ref.numel()
         d = streamed != ref
@@ -134,7 +143,7 @@ def check_streaming(tok, speech, n_files: int, rng: random.Random) -> dict:
             m = float(margins[0, k, t])
             worst_margin = max(worst_margin, m)
             near += m < NEAR_TIE
-    return {"files": chunkings, "codes_compared": total, "differing_codes": diff,
+    return {"files": chunkings, "codes_compared": total, "differing_codes": diff, "differing_codes_aligned": aligned_diff,
             "differing_frames": frames_diff, "first_flips_at_near_ties": near,
             "largest_margin_of_a_first_flip": worst_margin, "near_tie_threshold": NEAR_TIE}
 
@@ -154,6 +163,21 @@ def check_long_file(tok, speech, rng: random.Random) -> dict:
         streamed = tok.encode_file(path, block_seconds=block).codes
     return {"seconds": round(whole.shape[-1] / tok.sample_rate, 1), "block_seconds": block,
             "codes_compared": ref.numel(), "differing_codes": count_diff(streamed, ref)}
+
+
+def window_one_cost(tok, speech, n_files: int = 4) -> dict:
+    """Offline encoding speed with ``window_frames=1`` (an aligned stream without added latency
+    equals it) against the model's own window, on the same files."""
+    one = tok.with_window_frames(1)
+    speed = {}
+    for name, t in (("default", tok), ("one", one)):
+        seconds, start = 0.0, time.perf_counter()
+        for _, w in speech[:n_files]:
+            t.encode(w, sample_rate=tok.sample_rate)
+            seconds += w.shape[-1] / tok.sample_rate
+        speed[name] = round(seconds / (time.perf_counter() - start), 2)
+    return {"window_frames": tok.cfg.window_frames, "audio_s_per_s": speed["default"],
+            "window_one_audio_s_per_s": speed["one"]}
 
 
 def near_tie_rate(tok, speech, n_files: int = 6, seed: int = 0) -> dict:
@@ -205,6 +229,7 @@ def run(model: str | None, compositions: int, stream_files: int, seed: int) -> d
         out["streamed"] = check_streaming(tok, speech, stream_files, rng)
         out["long_file"] = check_long_file(tok, speech, rng)
         out["near_tie_rate"] = near_tie_rate(tok, speech)
+        out["window_one"] = window_one_cost(tok, speech)
         out["wall_seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -222,6 +247,8 @@ def markdown(r: dict, command: str) -> str:
         f"{b['differing_codes_padded_batch']} |",
         f"| streamed in random chunks vs offline ({len(s['files'])} files) | {s['codes_compared']} | "
         f"{s['differing_codes']} ({s['differing_frames']} frames) |",
+        f"| same chunks, aligned stream (`tok.stream(1, aligned=True)`) vs offline | {s['codes_compared']} | "
+        f"{s['differing_codes_aligned']} |",
         f"| long file ({lf['seconds']} s) in {lf['block_seconds']} s blocks vs whole | {lf['codes_compared']} | "
         f"{lf['differing_codes']} |", "",
         f"Streamed flips: {s['first_flips_at_near_ties']} of {s['differing_frames']} differing frames start at a "
@@ -234,7 +261,9 @@ def markdown(r: dict, command: str) -> str:
         *[f"| {p['relative_eps']:g} | {p['frames_changed']} | {p['largest_first_flip_margin']:.2e} | "
           f"{p['first_flip_margin_below_threshold_scaled']} |" for p in nt["perturbation"]], "",
         f"Cost ({b['audio_seconds']} s of audio): per item {b['per_item_audio_s_per_s']} audio s/s, one padded "
-        f"batch {b['padded_batch_audio_s_per_s']} audio s/s.", ""])
+        f"batch {b['padded_batch_audio_s_per_s']} audio s/s. Offline with window_frames=1 (what an aligned "
+        f"stream without added latency equals): {r['window_one']['window_one_audio_s_per_s']} audio s/s vs "
+        f"{r['window_one']['audio_s_per_s']} with window_frames={r['window_one']['window_frames']}.", ""])
 
 
 def main(argv=None) -> None:

@@ -39,10 +39,17 @@ class CodecStream:
         n_q: codebooks to emit (default: all).
         window_frames: most frames run through the model at once (default: the config's); a
             long chunk is processed window by window, so memory is bounded for any chunk size.
+        aligned: run the model only on whole windows counted from the stream's start (frames
+            wait until their window is complete; `flush` runs the last, shorter one). Every model
+            call then has the input and shape of the offline encoding's windows, so the codes are
+            the offline codes bitwise for any chunking, at up to ``window_frames - 1`` frames of
+            extra latency (none with ``window_frames=1``, whose offline encoding is the same).
+            Not aligned (the default), each chunk's frames are emitted at once and codes equal
+            offline codes except at near-ties (`CodecTokenizer.code_margins`).
     """
 
     def __init__(self, model: "CodecModel", batch_size: int, n_q: Optional[int] = None,
-                 window_frames: Optional[int] = None):
+                 window_frames: Optional[int] = None, aligned: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
@@ -50,6 +57,7 @@ class CodecStream:
         self.n_q = n_q
         self.hop = model.hop_length
         self.window = int(window_frames or model.cfg.window_frames)
+        self.aligned = bool(aligned)
         self.channels = model.cfg.channels
         self._device = next(model.parameters()).device
         self._enc: Optional[EncoderState] = None
@@ -100,7 +108,8 @@ class CodecStream:
         chunk = self._as_batch(chunk)
         self.samples_in += chunk.shape[-1]
         buf = torch.cat([self._pending, chunk], dim=-1) if self._pending.shape[-1] else chunk
-        whole = buf.shape[-1] // self.hop * self.hop
+        unit = self.hop * (self.window if self.aligned else 1)
+        whole = buf.shape[-1] // unit * unit
         self._pending = buf[..., whole:].clone()
         return self._encode_frames(buf[..., :whole])
 
@@ -123,12 +132,12 @@ class CodecStream:
 
     @torch.inference_mode()
     def flush(self) -> torch.Tensor:
-        """End the stream: zero-pad the pending partial frame and return its codes ``[B, K, 0 or 1]``.
-        The session is closed afterwards."""
+        """End the stream: zero-pad the pending partial frame and return the codes of what was
+        pending ``[B, K, t]`` (``t <= 1``; aligned: ``t < window_frames + 1``). The session is closed afterwards."""
         self._check_open()
         n = self._pending.shape[-1]
         if n:
-            pad = torch.zeros(self.batch_size, self.channels, self.hop - n, device=self._device)
+            pad = torch.zeros(self.batch_size, self.channels, -n % self.hop, device=self._device)
             codes = self._encode_frames(torch.cat([self._pending, pad], dim=-1))
         else:
             K = self.n_q or self.model.cfg.quantizer.n_q
@@ -167,8 +176,9 @@ class CodecStream:
         if tuple(mask.shape) != (self.batch_size,):
             raise ValueError(f"reset mask must be [B={self.batch_size}] bool, got shape {tuple(mask.shape)}")
         if self._pending.shape[-1]:
-            raise ValueError(f"reset needs a frame boundary but {self._pending.shape[-1]} samples of a partial "
-                             f"frame are pending; feed chunks that complete the frame (hop={self.hop}) first")
+            unit = f"window ({self.window} frames of {self.hop})" if self.aligned else f"frame (hop={self.hop})"
+            raise ValueError(f"reset needs a {'window' if self.aligned else 'frame'} boundary but "
+                             f"{self._pending.shape[-1]} samples are pending; feed chunks that complete the {unit} first")
         if self._enc is not None:
             self._enc.reset(mask)
         if self._dec is not None:

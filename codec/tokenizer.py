@@ -97,9 +97,23 @@ class CodecTokenizer(BaseTokenizer):
         return self._weights_hash
 
     # ------------------------------------------------------------------ streaming
-    def stream(self, batch_size: int = 1, n_q: Optional[int] = None) -> CodecStream:
-        """A streaming session (a context manager): ``with tok.stream(B) as s: s.encode(chunk)``."""
-        return CodecStream(self.model, batch_size, n_q, window_frames=self.cfg.window_frames)
+    def stream(self, batch_size: int = 1, n_q: Optional[int] = None, aligned: bool = False) -> CodecStream:
+        """A streaming session (a context manager): ``with tok.stream(B) as s: s.encode(chunk)``.
+        ``aligned=True``: codes bitwise equal to ``encode`` for any chunking, frames held back until
+        their ``cfg.window_frames`` window is complete (see `CodecStream`)."""
+        return CodecStream(self.model, batch_size, n_q, window_frames=self.cfg.window_frames, aligned=aligned)
+
+    def with_window_frames(self, window_frames: int) -> "CodecTokenizer":
+        """The same model with another ``cfg.window_frames`` (frames per model call offline, and
+        the latency an aligned stream adds). Codes can differ at near-ties, so the copy has its
+        own ``model_id``."""
+        import dataclasses
+
+        cfg = dataclasses.replace(self.cfg, window_frames=int(window_frames))
+        other = CodecTokenizer(self.model, name=self.name, weights_hash=self._weights_hash)
+        other.cfg = cfg
+        other.per_item_batches = self.per_item_batches
+        return other
 
     @property
     def can_decode(self) -> bool:

@@ -120,3 +120,48 @@ def test_padded_batch_mode_is_one_model_call(tok, monkeypatch):
         tok.per_item_batches = True
     assert seen and set(seen) == {2}
     assert torch.equal(padded.codes, exact.codes) and torch.equal(padded.lengths, exact.lengths)
+
+
+def test_aligned_stream_makes_the_offline_calls(tok, monkeypatch):
+    """An aligned stream runs the model on exactly the offline windows, whatever the chunking, so its
+    codes are the offline codes by construction (not only where rounding happens to agree)."""
+    hop, w = tok.hop_length, tok.cfg.window_frames
+    x = _audio(1, hop * (3 * w + 2) + 5, seed=7)
+    calls = []
+    real = tok.model.encode_latent
+    monkeypatch.setattr(tok.model, "encode_latent", lambda a, s=None: calls.append(a.shape[-1]) or real(a, s))
+    ref = tok.encode(x, sample_rate=tok.sample_rate).codes
+    offline, calls[:] = list(calls), []
+    g = torch.Generator().manual_seed(0)
+    for hi in (1, hop // 2 + 1, 3 * hop, 5 * w * hop):
+        with tok.stream(1, aligned=True) as s:
+            parts, pos = [], 0
+            while pos < x.shape[-1]:
+                n = int(torch.randint(1, hi + 1, (1,), generator=g))
+                parts.append(s.encode(x[..., pos:pos + n]))
+                pos += n
+            parts.append(s.flush())
+        assert calls == offline, hi
+        assert torch.equal(torch.cat(parts, dim=-1), ref)
+        calls.clear()
+    with tok.stream(1, aligned=True) as s:  # frames wait for their window
+        assert s.encode(x[..., : hop * (w - 1)]).shape[-1] == 0
+        assert s.encode(x[..., hop * (w - 1): hop * w]).shape[-1] == w
+        s.encode(x[..., hop * w: hop * w + hop])
+        with pytest.raises(ValueError, match="window boundary"):
+            s.reset(torch.tensor([True]))
+
+
+def test_window_one_aligned_stream_emits_every_frame(tok):
+    one = tok.with_window_frames(1)
+    assert one.model_id != tok.model_id and one.cfg.window_frames == 1 and tok.cfg.window_frames > 1
+    hop = tok.hop_length
+    x = _audio(1, hop * 6 + 2, seed=9)
+    ref = one.encode(x, sample_rate=tok.sample_rate).codes
+    with one.stream(1, aligned=True) as s:
+        got = [s.encode(x[..., i:i + hop]) for i in range(0, x.shape[-1], hop)]
+        assert [g.shape[-1] for g in got[:6]] == [1] * 6  # no added latency
+        got.append(s.flush())
+    assert torch.equal(torch.cat(got, dim=-1), ref)
+    with pytest.raises(Exception, match="window_frames"):
+        tok.with_window_frames(0)

@@ -27,6 +27,7 @@ def test_mimi_size_batched_streamed_long_file():
     s = r["streamed"]
     assert s["codes_compared"] > 5000
     assert s["first_flips_at_near_ties"] == s["differing_frames"], s
+    assert s["differing_codes_aligned"] == 0
     # the margin predicts which codes move: perturbing the latent by eps flips only codes whose
     # margin is below 100 eps, and a large enough eps does flip some (the check is not vacuous)
     p = r["near_tie_rate"]["perturbation"]
