@@ -175,11 +175,11 @@ class CodecTokenizer(BaseTokenizer):
         B = wav.shape[0]
         K = self.model.cfg.quantizer.n_q
         T = int(frames.max()) if B else 0
-        codes = torch.full((B, K, T), -1, dtype=torch.long)
+        codes = torch.full((B, K, T), -1, dtype=torch.long, device=wav.device)
         for i in range(B):
             n = int(frames[i])
             if n:
-                codes[i, :, :n] = self._encode_item(wav[i:i + 1], n).cpu()
+                codes[i, :, :n] = self._encode_item(wav[i:i + 1], n)
         return self.make_codes(codes, frames, audio_lengths=lengths.clone())
 
     def _encode_padded(self, wav: torch.Tensor, frames: torch.Tensor, lengths: torch.Tensor) -> Codes:
@@ -229,7 +229,7 @@ class CodecTokenizer(BaseTokenizer):
             n = int(frames[i])
             if n:
                 c, m = self._encode_item(wav[i:i + 1], n, margins=True)
-                if not torch.equal(c.cpu(), codes.codes[i:i + 1, :, :n]):
+                if not torch.equal(c.cpu(), codes.codes[i:i + 1, :, :n].cpu()):
                     raise RuntimeError("code_margins: the margin pass did not reproduce encode's codes")
                 out[i, :, :n] = m[0].cpu()
         return codes, out
