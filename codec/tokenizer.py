@@ -185,21 +185,22 @@ class CodecTokenizer(BaseTokenizer):
     def _encode_padded(self, wav: torch.Tensor, frames: torch.Tensor, lengths: torch.Tensor) -> Codes:
         """The whole padded batch through one stream (``per_item_batches = False``)."""
         T = int(frames.max()) if wav.shape[0] else 0
-        wav = wav[..., : T * self.hop_length]
-        if wav.shape[-1] < T * self.hop_length:
-            wav = torch.nn.functional.pad(wav, (0, T * self.hop_length - wav.shape[-1]))
         with self.stream(wav.shape[0]) as s:
-            codes = s.encode(wav)
+            codes = s.encode(self._whole_frames(wav, T))
         return self.make_codes(codes, frames, audio_lengths=lengths.clone())
+
+    def _whole_frames(self, wav: torch.Tensor, frames: int) -> torch.Tensor:
+        """``wav`` cut or zero-padded to ``frames * hop`` samples (what a stream's flush does)."""
+        S = frames * self.hop_length
+        wav = wav[..., :S]
+        return torch.nn.functional.pad(wav, (0, S - wav.shape[-1])) if wav.shape[-1] < S else wav
 
     def _encode_item(self, wav: torch.Tensor, frames: int, margins: bool = False):
         """One item ``[1, C, >= 0]`` -> codes ``[1, K, frames]`` (its audio cut or zero-padded to
         whole frames), through a stream in ``window_frames`` windows; with ``margins`` also the
         near-tie margins ``[1, K, frames]`` of exactly those codes."""
-        S = frames * self.hop_length
-        wav = wav[..., :S]
-        if wav.shape[-1] < S:
-            wav = torch.nn.functional.pad(wav, (0, S - wav.shape[-1]))
+        wav = self._whole_frames(wav, frames)
+        S = wav.shape[-1]
         if not margins:
             with self.stream(1) as s:
                 return s.encode(wav)
