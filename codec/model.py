@@ -148,13 +148,17 @@ class CodecModel(nn.Module):
         return self.decoder(z, None if state is None else state.seanet)
 
     def encode(self, x: torch.Tensor, state: Optional[EncoderState] = None,
-               n_q: Optional[int] = None) -> torch.Tensor:
-        """Audio ``[B, C, S]`` -> codes int64 ``[B, K, frames completed]``."""
+               n_q: Optional[int] = None, margins: bool = False):
+        """Audio ``[B, C, S]`` -> codes int64 ``[B, K, frames completed]``; with ``margins`` the pair
+        ``(codes, margins)``, margins float ``[B, K, frames]``: how near each nearest-code choice
+        was to a tie (`kmeans.code_margins`)."""
         z = self.encode_latent(x, state)
         if z.shape[-1] == 0:
             K = n_q or self.cfg.quantizer.n_q
-            return torch.zeros(z.shape[0], K, 0, dtype=torch.long, device=z.device)
-        return self.quantizer.encode(z, None, n_q)
+            codes = torch.zeros(z.shape[0], K, 0, dtype=torch.long, device=z.device)
+            return (codes, codes.float()) if margins else codes
+        codes = self.quantizer.encode(z, None, n_q)
+        return (codes, self.quantizer.code_margins(z, codes)) if margins else codes
 
     def decode(self, codes: torch.Tensor, state: Optional[DecoderState] = None) -> torch.Tensor:
         """Codes ``[B, k, T]`` (``k <= K``, no -1) -> audio ``[B, C, T * hop]``."""

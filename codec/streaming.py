@@ -101,9 +101,10 @@ class CodecStream:
         return chunk.to(self._device, torch.float32)
 
     @torch.inference_mode()
-    def encode(self, chunk: torch.Tensor) -> torch.Tensor:
+    def encode(self, chunk: torch.Tensor, margins: bool = False):
         """Audio ``[B, C, n]`` (any ``n >= 0``, model rate) -> codes int64 ``[B, K, t]`` of the frames
-        completed by this chunk (``t`` may be 0)."""
+        completed by this chunk (``t`` may be 0); with ``margins`` the pair ``(codes, margins)``
+        (`CodecModel.encode`), from the same model calls."""
         self._check_open()
         chunk = self._as_batch(chunk)
         self.samples_in += chunk.shape[-1]
@@ -111,24 +112,26 @@ class CodecStream:
         unit = self.hop * (self.window if self.aligned else 1)
         whole = buf.shape[-1] // unit * unit
         self._pending = buf[..., whole:].clone()
-        return self._encode_frames(buf[..., :whole])
+        return self._encode_frames(buf[..., :whole], margins)
 
-    def _encode_frames(self, audio: torch.Tensor) -> torch.Tensor:
-        """Whole frames ``[B, C, t * hop]`` -> codes, ``window_frames`` at a time (bounded memory)."""
+    def _encode_frames(self, audio: torch.Tensor, margins: bool = False):
+        """Whole frames ``[B, C, t * hop]`` -> codes (and margins), ``window_frames`` at a time
+        (bounded memory)."""
         if self._enc is None:
             self._enc = self.model.init_encoder_state(self.batch_size)
         step = self.window * self.hop
-        parts = [self.model.encode(audio[..., i:i + step], self._enc, self.n_q)
+        parts = [self.model.encode(audio[..., i:i + step], self._enc, self.n_q, margins=margins)
                  for i in range(0, audio.shape[-1], step)]
-        if len(parts) == 1:
-            codes = parts[0]
-        elif parts:
-            codes = torch.cat(parts, dim=-1)
-        else:
+        if not parts:
             K = self.n_q or self.model.cfg.quantizer.n_q
             codes = torch.zeros(self.batch_size, K, 0, dtype=torch.long, device=self._device)
+            parts = [(codes, codes.float()) if margins else codes]
+        if margins:
+            codes, gaps = (torch.cat(t, dim=-1) if len(t) > 1 else t[0] for t in zip(*parts))
+        else:
+            codes = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
         self.frames_out += codes.shape[-1]
-        return codes
+        return (codes, gaps) if margins else codes
 
     @torch.inference_mode()
     def flush(self) -> torch.Tensor:

@@ -162,28 +162,20 @@ class CodecTokenizer(BaseTokenizer):
         return (lengths + self.hop_length - 1) // self.hop_length
 
     def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> Codes:
-        """Each item runs alone, on its own frames (`_encode_item`): its codes are those of
+        """Each item runs alone, on its own frames (`_encode_items`): its codes are those of
         encoding it by itself, bitwise, whatever else is in the batch. A padded batch through
         the model would not give that at every size: matrix kernels pick their blocking from
         the whole shape, so an item's float rounding depends on its batch-mates and on the
         padded length, and at Mimi's 32 codebooks such differences flip near-tie codes
-        (`code_margins`). On CPU the per-item loop is also the faster one: no padded frames are
-        computed (benchmarks/exactness.py)."""
-        frames = self.num_frames(lengths)
+        (`code_margins`). On CPU the per-item loop is also the faster one at Mimi's size: no
+        padded frames are computed (benchmarks/exactness.py)."""
         if not self.per_item_batches:
-            return self._encode_padded(wav, frames, lengths)
-        B = wav.shape[0]
-        K = self.model.cfg.quantizer.n_q
-        T = int(frames.max()) if B else 0
-        codes = torch.full((B, K, T), -1, dtype=torch.long, device=wav.device)
-        for i in range(B):
-            n = int(frames[i])
-            if n:
-                codes[i, :, :n] = self._encode_item(wav[i:i + 1], n)
-        return self.make_codes(codes, frames, audio_lengths=lengths.clone())
+            return self._encode_padded(wav, lengths)
+        return self._encode_items(wav, lengths)[0]
 
-    def _encode_padded(self, wav: torch.Tensor, frames: torch.Tensor, lengths: torch.Tensor) -> Codes:
+    def _encode_padded(self, wav: torch.Tensor, lengths: torch.Tensor) -> Codes:
         """The whole padded batch through one stream (``per_item_batches = False``)."""
+        frames = self.num_frames(lengths)
         T = int(frames.max()) if wav.shape[0] else 0
         with self.stream(wav.shape[0]) as s:
             codes = s.encode(self._whole_frames(wav, T))
@@ -195,45 +187,36 @@ class CodecTokenizer(BaseTokenizer):
         wav = wav[..., :S]
         return torch.nn.functional.pad(wav, (0, S - wav.shape[-1])) if wav.shape[-1] < S else wav
 
-    def _encode_item(self, wav: torch.Tensor, frames: int, margins: bool = False):
-        """One item ``[1, C, >= 0]`` -> codes ``[1, K, frames]`` (its audio cut or zero-padded to
-        whole frames), through a stream in ``window_frames`` windows; with ``margins`` also the
-        near-tie margins ``[1, K, frames]`` of exactly those codes."""
-        wav = self._whole_frames(wav, frames)
-        S = wav.shape[-1]
-        if not margins:
+    def _encode_items(self, wav: torch.Tensor, lengths: torch.Tensor, margins: bool = False):
+        """Items of a padded batch ``[B, C, S]`` one at a time, each through its own stream on its
+        own whole frames -> ``(Codes, margins [B, K, T] or None)``, -1 / NaN past each item."""
+        frames = self.num_frames(lengths)
+        B, K = wav.shape[0], self.model.cfg.quantizer.n_q
+        T = int(frames.max()) if B else 0
+        codes = torch.full((B, K, T), -1, dtype=torch.long, device=wav.device)
+        gaps = torch.full((B, K, T), float("nan"), device=wav.device) if margins else None
+        for i in range(B):
+            n = int(frames[i])
+            if not n:
+                continue
             with self.stream(1) as s:
-                return s.encode(wav)
-        model, step = self.model, self.cfg.window_frames * self.hop_length
-        state = model.init_encoder_state(1)
-        codes, gaps = [], []
-        with torch.inference_mode():  # the same calls as CodecStream._encode_frames
-            for start in range(0, S, step):
-                z = model.encode_latent(wav[..., start:start + step].to(next(model.parameters()).device), state)
-                c = model.quantizer.encode(z, None, None)
-                codes.append(c)
-                gaps.append(model.quantizer.code_margins(z, c))
-        return torch.cat(codes, dim=-1), torch.cat(gaps, dim=-1)
+                out = s.encode(self._whole_frames(wav[i:i + 1], n), margins=margins)
+            if margins:
+                codes[i, :, :n], gaps[i, :, :n] = out[0][0], out[1][0]
+            else:
+                codes[i, :, :n] = out[0]
+        return self.make_codes(codes, frames, audio_lengths=lengths.clone()), gaps
 
     @torch.inference_mode()
     def code_margins(self, audio: torch.Tensor, sample_rate: int, lengths: Optional[torch.Tensor] = None):
         """Codes and how close each one was to a tie: ``(Codes, margins)``, margins float
-        ``[B, K, T]`` (`kmeans.code_margins`; NaN at padding). A code with a margin near float
-        rounding (below ~1e-5) may differ when the same audio is streamed in other chunks or
-        computed on other hardware; codes above it do not move. Inputs as for ``encode``."""
-        codes = self.encode(audio, sample_rate=sample_rate, lengths=lengths)
+        ``[B, K, T]`` (`kmeans.code_margins`; NaN at padding), from the model calls ``encode``
+        makes. A code with a margin near float rounding (below ~1e-5) may differ when the same
+        audio is streamed in other chunks or computed on other hardware; codes above it do not
+        move. Inputs as for ``encode``."""
         wav, lengths = prepare_audio(as_audio_tensor(audio).to(self.device), sample_rate, self.sample_rate,
                                      self.channels, lengths)
-        frames = self.num_frames(lengths)
-        out = torch.full(codes.codes.shape, float("nan"))
-        for i in range(wav.shape[0]):
-            n = int(frames[i])
-            if n:
-                c, m = self._encode_item(wav[i:i + 1], n, margins=True)
-                if not torch.equal(c.cpu(), codes.codes[i:i + 1, :, :n].cpu()):
-                    raise RuntimeError("code_margins: the margin pass did not reproduce encode's codes")
-                out[i, :, :n] = m[0].cpu()
-        return codes, out
+        return self._encode_items(wav, lengths, margins=True)
 
     def _decode(self, codes: Codes) -> Waveform:
         c = codes.codes.clamp(min=0)

@@ -18,6 +18,16 @@ def tone(seconds: float = 0.25, sample_rate: int = 16000, freq: float = 220.0, c
     return x.repeat(channels, 1)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny
+    models gain nothing from threads, and on a shared machine a second thread mostly waits."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def make_tone():
     """The `tone` function (test modules cannot import conftest under --import-mode=importlib)."""

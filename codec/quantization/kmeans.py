@@ -11,6 +11,25 @@ import torch.nn.functional as F
 _MAX_ELEMENTS = 1 << 24
 
 
+def _check(x: torch.Tensor, codebook: torch.Tensor, who: str) -> None:
+    if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
+        raise ValueError(f"{who} expects x [N, D] and codebook [K, D], got {tuple(x.shape)} and {tuple(codebook.shape)}")
+
+
+def _scores(x: torch.Tensor, codebook: torch.Tensor, cosine: bool, half_sq: Optional[torch.Tensor]):
+    """Yield ``(rows, scores, half_sq)`` in row blocks (bounded memory): ``scores`` ``[n, K]``, larger
+    is nearer: ``x.c`` (cosine) or ``x.c - 0.5 |c|^2`` (Euclidean; ``||x||^2`` is the same for every
+    code, so it does not change the order). Every row is computed on its own."""
+    x = x.to(codebook.dtype)
+    if not cosine and half_sq is None:
+        half_sq = 0.5 * codebook.pow(2).sum(dim=1)
+    step = max(1, _MAX_ELEMENTS // max(1, codebook.shape[0]))
+    for start in range(0, x.shape[0], step):
+        rows = x[start:start + step]
+        scores = rows @ codebook.t()
+        yield rows, (scores if cosine else scores - half_sq), half_sq
+
+
 def nearest(x: torch.Tensor, codebook: torch.Tensor, cosine: bool = False,
             half_sq: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Index of the nearest code for every row.
@@ -26,23 +45,9 @@ def nearest(x: torch.Tensor, codebook: torch.Tensor, cosine: bool = False,
         int64 ``[N]``; ties go to the lowest index. Each row is computed independently of the
         others, so the result does not depend on batch composition.
     """
-    if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
-        raise ValueError(f"nearest expects x [N, D] and codebook [K, D], got {tuple(x.shape)} and {tuple(codebook.shape)}")
-    x = x.to(codebook.dtype)
-    # ||x||^2 is the same for every code, so it does not change the argmin.
-    if not cosine and half_sq is None:
-        half_sq = 0.5 * codebook.pow(2).sum(dim=1)
-    step = max(1, _MAX_ELEMENTS // max(1, codebook.shape[0]))
-    out = []
-    for start in range(0, x.shape[0], step):
-        scores = x[start:start + step] @ codebook.t()
-        if cosine:
-            out.append(scores.argmax(dim=1))
-        else:
-            out.append((half_sq - scores).argmin(dim=1))
-    if not out:
-        return torch.zeros(0, dtype=torch.long, device=x.device)
-    return torch.cat(out)
+    _check(x, codebook, "nearest")
+    out = [scores.argmax(dim=1) for _, scores, _ in _scores(x, codebook, cosine, half_sq)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
 
 
 def code_margins(x: torch.Tensor, codebook: torch.Tensor, cosine: bool = False,
@@ -50,36 +55,26 @@ def code_margins(x: torch.Tensor, codebook: torch.Tensor, cosine: bool = False,
     """How close each row's nearest-code choice is to a tie: the gap between the best and the
     second-best score of `nearest`, relative to the size of the terms compared.
 
-    Euclidean: scores ``s_j = 0.5 |c_j|^2 - x.c_j`` (half the squared distance, less ``0.5 |x|^2``),
-    margin ``(s_2nd - s_best) / (0.5 |x|^2 + 0.5 |c_best|^2)``; the denominator bounds every term
-    of the score, so float32 rounding moves the margin by about ``1e-7 x D``. Cosine (normalised
-    inputs): ``x.c_best - x.c_2nd``. A margin near float rounding (``< 1e-5``) is a near-tie:
-    the code can flip when the same input is computed with other matrix shapes.
+    Euclidean: scores ``x.c_j - 0.5 |c_j|^2`` (less than ``0.5 |x|^2`` minus half the squared
+    distance), margin ``(s_best - s_2nd) / (0.5 |x|^2 + 0.5 |c_best|^2)``; the denominator bounds
+    every term of the score, so float32 rounding moves the margin by about ``1e-7 x D``. Cosine
+    (normalised inputs): ``x.c_best - x.c_2nd``. A margin near float rounding (``< 1e-5``) is a
+    near-tie: the code can flip when the same input is computed with other matrix shapes.
 
     Returns float ``[N]`` (``inf`` with a single code).
     """
-    if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
-        raise ValueError(f"code_margins expects x [N, D] and codebook [K, D], got {tuple(x.shape)} and {tuple(codebook.shape)}")
-    x = x.to(codebook.dtype)
+    _check(x, codebook, "code_margins")
     if codebook.shape[0] < 2:
         return torch.full((x.shape[0],), float("inf"), device=x.device)
-    if not cosine and half_sq is None:
-        half_sq = 0.5 * codebook.pow(2).sum(dim=1)
-    step = max(1, _MAX_ELEMENTS // max(1, codebook.shape[0]))
     out = []
-    for start in range(0, x.shape[0], step):
-        rows = x[start:start + step]
-        scores = rows @ codebook.t()
-        if cosine:
-            top = scores.topk(2, dim=1).values
-            out.append(top[:, 0] - top[:, 1])
-        else:
-            top = (half_sq - scores).topk(2, dim=1, largest=False)
-            scale = 0.5 * rows.pow(2).sum(dim=1) + half_sq[top.indices[:, 0]]
-            out.append((top.values[:, 1] - top.values[:, 0]) / scale.clamp_min(torch.finfo(scale.dtype).tiny))
-    if not out:
-        return torch.zeros(0, device=x.device)
-    return torch.cat(out)
+    for rows, scores, hsq in _scores(x, codebook, cosine, half_sq):
+        top = scores.topk(2, dim=1)
+        gap = top.values[:, 0] - top.values[:, 1]
+        if not cosine:
+            scale = 0.5 * rows.pow(2).sum(dim=1) + hsq[top.indices[:, 0]]
+            gap = gap / scale.clamp_min(torch.finfo(scale.dtype).tiny)
+        out.append(gap)
+    return torch.cat(out) if out else torch.zeros(0, device=x.device)
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,7 @@ from speechtok.codec.modules.seanet import SEANetDecoder, SEANetEncoder
 from speechtok.codec.modules.transformer import StreamingTransformer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine a second thread mostly waits."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _chunks(total: int, rng: random.Random, sizes=(0, 1, 1, 2, 3, 5, 8, 13)) -> list[tuple[int, int]]:

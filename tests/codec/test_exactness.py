@@ -12,12 +12,7 @@ from speechtok.codec.quantization import EuclideanCodebook, ResidualVQ
 from speechtok.codec.quantization.kmeans import code_margins, nearest
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _audio(B: int, S: int, seed: int = 0) -> torch.Tensor:

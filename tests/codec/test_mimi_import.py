@@ -11,13 +11,7 @@ import speechtok
 from speechtok.codec.mimi_import import MimiImportError, config_from_hf_mimi, convert_hf_mimi_state_dict
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine a second thread mostly waits."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 transformers = pytest.importorskip("transformers")

@@ -9,13 +9,7 @@ import torch
 from speechtok.codec.moshi_import import _interleaved_to_half, convert_moshi_mimi_state_dict
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine a second thread mostly waits."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_rope_permutation_maps_interleaved_pairs_to_halves():

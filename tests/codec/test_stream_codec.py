@@ -14,13 +14,7 @@ import torch
 from speechtok.codec import CodecTokenizer, preset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine a second thread mostly waits."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _audio(B: int, S: int, seed: int = 0) -> torch.Tensor:
